@@ -1,0 +1,205 @@
+"""MedAIRegistration: 2D/3D fusion of a fluoroscopy frame with a pre-operative CT.
+
+Widget -> Logic (MRML nodes <-> engine) -> ``medai`` engine. Console use::
+
+    logic = slicer.util.getModuleLogic("MedAIRegistration")  # or MedAIRegistrationLogic()
+    ct = logic.loadCT("/path/to/dicom/folder")
+"""
+import logging
+import os
+from typing import Optional
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+from slicer import vtkMRMLScalarVolumeNode
+
+#
+# MedAIRegistration
+#
+
+
+class MedAIRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAI Registration")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedAI")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedAIToolkit developers"]
+        self.parent.helpText = _(
+            "2D/3D registration of an intra-operative X-ray frame with a CT: DICOM series to CT volume, "
+            "digitally reconstructed radiographs for a C-arm pose, and an agent that moves the pose until "
+            "the DRR matches the frame. Poses are CT-to-C-arm rigid transforms in RAS millimetres."
+        )
+        self.parent.acknowledgementText = _("Sample CT: 3D-IRCADb-01 (IRCAD), CC BY-NC-SA 4.0.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the bundled, downsampled CT with the Sample Data module."""
+    import SampleData
+    from medai.samples import sample_path
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedAIToolkit",
+        sampleName="MedAIAbdomenCT",
+        thumbnailFileName=os.path.join(iconsPath, "MedAIRegistration.png"),
+        uris="file://" + sample_path("ct_abdomen"),
+        fileNames="MedAIAbdomenCT.nrrd",
+        nodeNames="MedAIAbdomenCT",
+        loadFileType="VolumeFile",
+    )
+
+
+#
+# MedAIRegistrationParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedAIRegistrationParameterNode:
+    """GUI state: the CT volume and the folder it was read from."""
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    dicomFolder: str = ""
+
+
+#
+# MedAIRegistrationWidget
+#
+
+
+class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAIRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedAIRegistrationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.loadCTButton.connect("clicked(bool)", self.onLoadCT)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.ctVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[MedAIRegistrationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def onLoadCT(self) -> None:
+        folder = self.ui.dicomFolderPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the CT."), waitCursor=True):
+            self._parameterNode.ctVolume = self.logic.loadCT(folder)
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume, fit=True)
+
+
+#
+# MedAIRegistrationLogic
+#
+
+
+class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
+    """MRML nodes in, NEW MRML nodes out; all computation in the ``medai`` engine."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedAIRegistrationParameterNode(super().getParameterNode())
+
+    def loadCT(self, path: str, name: Optional[str] = None, seriesUID: Optional[str] = None):
+        """DICOM series folder (or NIfTI/NRRD/MHA file) -> NEW scalar volume node at its physical place."""
+        from medai_slicer import load_volume_node
+
+        node = load_volume_node(slicer.mrmlScene, path, name=name, series_uid=seriesUID)
+        logging.info(f"Loaded CT '{node.GetName()}' {node.GetImageData().GetDimensions()} from {path}")
+        return node
+
+
+#
+# MedAIRegistrationTest
+#
+
+
+class MedAIRegistrationTest(ScriptedLoadableModuleTest):
+    """Builds its own data: a small oblique CT written to disk, loaded through the Logic."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_loadCT_places_voxels_physically()
+
+    def test_loadCT_places_voxels_physically(self):
+        import tempfile
+
+        import numpy as np
+        import SimpleITK as sitk
+
+        self.delayDisplay("Writing a synthetic oblique CT")
+        array = (np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8) - 100)
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.7, 0.8, 2.5))
+        image.SetOrigin((-10.0, 20.0, 30.0))
+        angle = np.deg2rad(15)
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        image.SetDirection(rotation.ravel().tolist())
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "ct.nrrd")
+            sitk.WriteImage(image, path)
+            node = MedAIRegistrationLogic().loadCT(path)
+
+        ijkToRAS = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(ijkToRAS)
+        for ijk in [(0, 0, 0), (7, 6, 5), (3, 2, 1)]:
+            ras = ijkToRAS.MultiplyPoint((*ijk, 1.0))[:3]
+            lps = image.TransformIndexToPhysicalPoint(ijk)
+            np.testing.assert_allclose(ras, (-lps[0], -lps[1], lps[2]), atol=1e-3)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
+        self.delayDisplay("Test passed")

@@ -1,0 +1,99 @@
+"""``medai demo``: the main job on the bundled samples (works without ../shared).
+
+Writes to the output folder: ``summary.json`` (what was read and computed), PNG figures, and a Slicer scene
+(``scene/MedAIDemo.mrml``) that opens in 3D Slicer with every result as its own node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from .io import describe, read_volume, read_xray
+from .samples import SAMPLES, sample_path
+
+
+def _figure_ct(volume, liver, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, m = volume.array.astype(np.float32), liver.array > 0
+    k, j, i = (s // 2 for s in a.shape)
+    k = int(np.argmax(m.sum(axis=(1, 2))))  # axial slice through the largest liver section
+    sx, sy, sz = volume.geometry.spacing_mm
+    views = [("axial", a[k], m[k], sy / sx), ("coronal", a[:, j][::-1], m[:, j][::-1], sz / sx),
+             ("sagittal", a[:, :, i][::-1], m[:, :, i][::-1], sz / sy)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (title, img, mask, aspect) in zip(axes, views):
+        ax.imshow(np.clip(img, -160, 240), cmap="gray", aspect=aspect)
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors="orange", linewidths=1.2)
+        ax.set_title(f"{title} (liver outlined)")
+        ax.set_axis_off()
+    fig.suptitle("Bundled sample CT (3D-IRCADb 1.17, 3 mm), window -160..240 HU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _figure_xrays(images: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3.3))
+    for ax, (name, image) in zip(np.atleast_1d(axes), images.items()):
+        ax.imshow(image.array, cmap="gray")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(out_dir: str, with_scene: bool = True) -> dict:
+    """Run every stage available on the bundled samples; returns the summary written to summary.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    summary: dict = {"samples": {}, "outputs": {}}
+    for name in SAMPLES:
+        summary["samples"][name] = describe(sample_path(name))
+
+    ct = read_volume(sample_path("ct_abdomen"))
+    liver = read_volume(sample_path("ct_abdomen_liver"))
+    summary["liver_volume_ml"] = round(float(liver.array.sum()) * float(np.prod(liver.geometry.spacing_mm)) / 1000, 1)
+    _figure_ct(ct, liver, os.path.join(out_dir, "ct_overview.png"))
+    summary["outputs"]["ct_overview"] = "ct_overview.png"
+
+    xrays = {n: read_xray(sample_path(n)) for n in SAMPLES if n.startswith("xray_")}
+    _figure_xrays(xrays, os.path.join(out_dir, "xrays.png"))
+    summary["outputs"]["xrays"] = "xrays.png"
+
+    if with_scene:
+        summary["outputs"]["scene"] = _write_scene(ct, liver, out_dir)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"medai demo: wrote {', '.join(summary['outputs'].values())} and summary.json to {out_dir} "
+          f"in {summary['seconds']} s")
+    return summary
+
+
+def _write_scene(ct, liver, out_dir: str) -> str:
+    """The results as a real MRML scene (slicer-core): CT volume, liver segmentation, X-ray."""
+    import slicer  # the MRML layer; imported here only, the engine stays Slicer-free
+
+    from medai_slicer import labelmap_to_segmentation, load_xray_node, volume_to_node
+    from medai_slicer.scene_io import save_scene
+
+    scene = slicer.vtkMRMLScene()
+    ct_node = volume_to_node(scene, ct, "MedAIAbdomenCT")
+    labelmap_to_segmentation(scene, liver, {1: ("liver", (0.86, 0.55, 0.45))}, "MedAIAbdomenCT liver", ct_node)
+    load_xray_node(scene, sample_path("xray_pneumonia_1"), "MedAIChestXRay")
+    path = save_scene(scene, os.path.join(out_dir, "scene"), "MedAIDemo")
+    return os.path.relpath(path, out_dir)

@@ -1,0 +1,137 @@
+"""3D volumes: the :class:`Volume` record and file I/O (DICOM series, NIfTI, NRRD, MHA)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import MedAIInputError
+from ..geometry import Geometry
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUPPORTED_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)
+
+
+@dataclass
+class Volume:
+    """A 3D image: ``array[k, j, i]`` and its LPS :class:`Geometry`; ``meta`` holds tags worth keeping."""
+
+    array: np.ndarray
+    geometry: Geometry
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.array.ndim != 3:
+            raise MedAIInputError(f"a volume must be 3D, got an array of shape {self.array.shape}")
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        self.geometry.apply_to_sitk(image)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, meta: dict | None = None) -> "Volume":
+        return cls(sitk.GetArrayFromImage(image), Geometry.from_sitk(image), dict(meta or {}))
+
+
+def has_volume_suffix(path: str) -> bool:
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def check_image_values(array: np.ndarray, what: str) -> None:
+    """Raise if ``array`` has an unsupported dtype, no voxels or non-finite values."""
+    if array.dtype == bool:
+        return
+    if not any(array.dtype == np.dtype(t) for t in SUPPORTED_DTYPES):
+        raise MedAIInputError(f"{what}: unsupported voxel type {array.dtype}")
+    if array.size == 0:
+        raise MedAIInputError(f"{what}: the image has no voxels (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise MedAIInputError(f"{what}: {bad} voxels are NaN or infinite; clean the image first")
+
+
+def read_volume(path: str, series_uid: str | None = None) -> Volume:
+    """Read a 3D volume from a DICOM folder (one series) or a NIfTI / NRRD / MHA file.
+
+    Raises :class:`MedAIInputError` naming the problem for anything that is not a finite 3D image.
+    """
+    from .dicom import is_dicom_file, read_dicom_series
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MedAIInputError(f"{path}: no such file or folder")
+    if os.path.isdir(path):
+        volume = read_dicom_series(path, series_uid=series_uid)
+    elif has_volume_suffix(path):
+        volume = _read_sitk_volume(path)
+    elif is_dicom_file(path):
+        volume = read_dicom_series(os.path.dirname(path) or ".", series_uid=series_uid or _series_uid(path))
+    else:
+        raise MedAIInputError(
+            f"{path}: not a volume file (expected a DICOM folder or {', '.join(VOLUME_SUFFIXES)})"
+        )
+    check_image_values(volume.array, path)
+    return volume
+
+
+def _series_uid(path: str) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+
+
+def _read_sitk_volume(path: str) -> Volume:
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise MedAIInputError(f"{path}: not a readable image file ({_first_line(exc)})") from exc
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    if dim == 4 or (dim == 3 and reader.GetNumberOfComponents() > 1):
+        raise MedAIInputError(
+            f"{path}: a {dim}D image of size {size} with {reader.GetNumberOfComponents()} component(s) "
+            "was given where a 3D scalar volume is needed; extract one time point / component first"
+        )
+    if dim != 3:
+        raise MedAIInputError(f"{path}: a {dim}D image of size {size} was given where a 3D volume is needed")
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise MedAIInputError(f"{path}: image data could not be read (truncated or corrupt?) ({_first_line(exc)})") from exc
+    if path.lower().endswith((".nii", ".nii.gz")) and "float" in image.GetPixelIDTypeAsString():
+        _check_nifti_finite(path)
+    return Volume.from_sitk(image, {"source": os.path.basename(path), "modality": ""})
+
+
+def _check_nifti_finite(path: str) -> None:
+    """ITK's NIfTI reader silently turns NaN voxels into 0: count them on the raw data with nibabel."""
+    import nibabel as nib
+
+    data = np.asanyarray(nib.load(path).dataobj)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise MedAIInputError(f"{path}: {bad} voxels are NaN or infinite; clean the image first")
+
+
+def write_volume(volume: Volume, path: str) -> None:
+    """Write NIfTI / NRRD / MHA with the geometry (compressed)."""
+    if not has_volume_suffix(path):
+        raise MedAIInputError(f"{path}: unsupported output format (use {', '.join(VOLUME_SUFFIXES)})")
+    sitk.WriteImage(volume.to_sitk(), os.fspath(path), useCompression=True)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    msg = next((ln for ln in lines if "rror" in ln or "annot" in ln), lines[-1] if lines else "")
+    return msg[:200]

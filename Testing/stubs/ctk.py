@@ -1,0 +1,6 @@
+"""Minimal ``ctk`` stand-in for tests (see qt.py)."""
+
+
+class ctkCollapsibleButton:
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("ctk stub: widgets need the Slicer application")

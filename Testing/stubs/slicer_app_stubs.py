@@ -1,0 +1,240 @@
+"""Thin stand-ins for the parts of Slicer that have no wheel: ``slicer.app``, ``slicer.modules``,
+``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``, ``slicer.i18n`` (``qt``/``ctk`` are
+sibling files). Everything else — the MRML scene, nodes, ``slicer.util``, module logics — is the real
+slicer-core code.
+
+``install()`` registers the stubs after ``import slicer``; ``new_scene()`` gives a fresh real scene with
+the application logic and the Colors / Volumes / Segmentations / Transforms logics registered, the way
+the application sets them up.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+import typing
+import unittest
+
+import slicer
+
+# --- slicer.i18n -------------------------------------------------------------------------------------
+i18n = types.ModuleType("slicer.i18n")
+i18n.tr = lambda text: text
+i18n.translate = lambda context, text: text
+
+
+# --- slicer.app / slicer.modules ----------------------------------------------------------------------
+class _ModuleProxy:
+    def __init__(self, logic):
+        self._logic = logic
+
+    def logic(self):
+        return self._logic
+
+
+class _Application:
+    """What module code calls on ``slicer.app`` outside the GUI."""
+
+    def __init__(self):
+        self._application_logic = None
+        self.commandOptions = lambda: types.SimpleNamespace(noMainWindow=True)
+        self.testingEnabled = lambda: True
+
+    def applicationLogic(self):
+        return self._application_logic
+
+    def connect(self, *args):  # "startupCompleted()" etc.: no GUI, nothing to connect
+        return True
+
+    def processEvents(self, *args):
+        pass
+
+
+# --- slicer.ScriptedLoadableModule --------------------------------------------------------------------
+slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+
+class ScriptedLoadableModule:
+    def __init__(self, parent):
+        self.parent = parent if parent is not None else types.SimpleNamespace()
+        self.moduleName = self.__class__.__name__
+        self.parent.title = self.moduleName
+
+    def resourcePath(self, filename):
+        import os
+        return os.path.join(os.path.dirname(sys.modules[self.__module__].__file__), "Resources", filename)
+
+
+class ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent
+        self.moduleName = self.__class__.__name__[: -len("Widget")]
+
+    def setup(self):
+        pass
+
+    def resourcePath(self, filename):
+        import os
+        return os.path.join(os.path.dirname(sys.modules[self.__module__].__file__), "Resources", filename)
+
+
+class ScriptedLoadableModuleLogic:
+    """Same parameter-node behaviour as Slicer's: one singleton vtkMRMLScriptedModuleNode per module."""
+
+    def __init__(self, parent=None):
+        self.moduleName = self.__class__.__name__[: -len("Logic")] if self.__class__.__name__.endswith("Logic") else self.__class__.__name__
+        self.isSingletonParameterNode = True
+
+    def getParameterNode(self):
+        scene = slicer.mrmlScene
+        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(self.moduleName)
+            node.SetName(scene.GenerateUniqueName(self.moduleName))
+            node.SetAttribute("ModuleName", self.moduleName)
+            node = scene.AddNode(node)
+        return node
+
+
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    def __init__(self, methodName="runTest"):
+        super().__init__(methodName)
+
+    def delayDisplay(self, message, msec=0):
+        logging.info(message)
+
+    def runTest(self):  # overridden by each module's Test
+        pass
+
+
+slm.ScriptedLoadableModule = ScriptedLoadableModule
+slm.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+slm.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+slm.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+slm.__all__ = ["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+               "ScriptedLoadableModuleTest"]
+
+
+# --- slicer.parameterNodeWrapper ----------------------------------------------------------------------
+pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+
+class WithinRange:
+    def __init__(self, minimum, maximum):
+        self.minimum, self.maximum = minimum, maximum
+
+
+class Choice:
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+
+def _unpack(annotation):
+    """(base type, validators) of ``Annotated[T, ...]`` or plain ``T``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        return base, extras
+    return annotation, []
+
+
+def _is_node_type(base) -> bool:
+    return isinstance(base, type) and base.__name__.startswith("vtkMRML")
+
+
+def parameterNodeWrapper(cls):
+    """Typed properties stored in a vtkMRMLScriptedModuleNode, as Slicer's decorator does:
+    plain values as string parameters, MRML nodes as node references; ranges and choices validated."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    defaults = {name: getattr(cls, name) for name in hints if hasattr(cls, name)}
+
+    def __init__(self, parameterNode):
+        object.__setattr__(self, "parameterNode", parameterNode)
+        for name, annotation in hints.items():
+            base, _ = _unpack(annotation)
+            if not _is_node_type(base) and not parameterNode.GetParameter(name) and name in defaults:
+                setattr(self, name, defaults[name])
+
+    def make_property(name, annotation):
+        base, extras = _unpack(annotation)
+
+        def getter(self):
+            node = self.parameterNode
+            if _is_node_type(base):
+                return node.GetNodeReference(name)
+            raw = node.GetParameter(name)
+            if raw == "":
+                return defaults.get(name)
+            if base is bool:
+                return raw == "True"
+            return base(raw)
+
+        def setter(self, value):
+            node = self.parameterNode
+            if _is_node_type(base):
+                node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+                return
+            value = base(value)
+            for extra in extras:
+                if isinstance(extra, WithinRange) and not extra.minimum <= value <= extra.maximum:
+                    raise ValueError(f"{name}={value} outside [{extra.minimum}, {extra.maximum}]")
+                if isinstance(extra, Choice) and value not in extra.choices:
+                    raise ValueError(f"{name}={value!r} not one of {extra.choices}")
+            node.SetParameter(name, str(value))
+
+        return property(getter, setter)
+
+    namespace = {"__init__": __init__, "__doc__": cls.__doc__, "__module__": cls.__module__,
+                 "__annotations__": dict(cls.__annotations__),
+                 "connectGui": lambda self, gui: object(), "disconnectGui": lambda self, tag: None,
+                 "StartModify": lambda self: self.parameterNode.StartModify(),
+                 "EndModify": lambda self, wasModified: self.parameterNode.EndModify(wasModified),
+                 "AddObserver": lambda self, *a: self.parameterNode.AddObserver(*a)}
+    for name, annotation in hints.items():
+        namespace[name] = make_property(name, annotation)
+    return type(cls.__name__, (), namespace)
+
+
+pnw.parameterNodeWrapper = parameterNodeWrapper
+pnw.WithinRange = WithinRange
+pnw.Choice = Choice
+
+
+# --- installation -------------------------------------------------------------------------------------
+def install() -> None:
+    """Register the stubs as submodules/attributes of the real ``slicer`` package (idempotent)."""
+    import os
+
+    sys.path.insert(0, os.path.dirname(__file__))  # qt.py, ctk.py
+    for name, module in (("slicer.i18n", i18n), ("slicer.ScriptedLoadableModule", slm),
+                         ("slicer.parameterNodeWrapper", pnw)):
+        sys.modules[name] = module
+        setattr(slicer, name.split(".")[1], module)
+    if not isinstance(getattr(slicer, "app", None), _Application):
+        slicer.app = _Application()
+    if not hasattr(slicer, "modules"):
+        slicer.modules = types.SimpleNamespace()
+    if not hasattr(slicer, "mrmlScene"):
+        new_scene()
+
+
+def new_scene():
+    """A fresh real vtkMRMLScene set as ``slicer.mrmlScene``, with module logics registered."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    logics = {
+        "Colors": slicer.vtkSlicerColorLogic(),
+        "Volumes": slicer.vtkSlicerVolumesLogic(),
+        "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
+        "Transforms": slicer.vtkSlicerTransformLogic(),
+    }
+    for name, logic in logics.items():
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        app_logic.SetModuleLogic(name, logic)
+        setattr(slicer.modules, name.lower(), _ModuleProxy(logic))
+    slicer.app._application_logic = app_logic
+    slicer.mrmlScene = scene
+    return scene
