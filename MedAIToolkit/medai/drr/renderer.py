@@ -1,0 +1,154 @@
+"""DRR renderer: line integrals of linear attenuation through a CT, by slice-stepping (Joseph's method).
+
+Each ray is sampled exactly once per voxel plane of the volume axis most parallel to the beam, with
+bilinear interpolation inside that plane; the sum times the ray's path length per plane is the integral of
+the trilinear interpolant of the volume. All planes are sampled at once with ``grid_sample`` over a batch of
+2D slices (4 taps per sample instead of 8 for 3D trilinear, and one sample per plane instead of a fixed
+count per ray), only inside the body's bounding box. Torch, CPU by default, CUDA when given.
+
+Shapes: volume ``(K, J, I)``; rays in index space ``(i, j, k)``; images ``(B, H, W)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MedAIInputError
+from ..geometry import Geometry
+from ..io import Volume, check_image_values
+from .attenuation import hu_to_mu
+from .geometry import CArmGeometry, Pose
+
+# permutation of the (K, J, I) array putting the stepping axis first, and which index axes the
+# in-plane grid_sample x and y coordinates are: {stepping axis (i=0, j=1, k=2): (perm, x axis, y axis)}
+_PLANES = {2: ((0, 1, 2), 0, 1), 1: ((1, 0, 2), 0, 2), 0: ((2, 0, 1), 1, 2)}
+
+
+@dataclass
+class PreparedCT:
+    """Attenuation volume ready for rendering: ``mu`` (1/mm) cropped to the body, and its placement."""
+
+    mu: torch.Tensor  # (K, J, I) float32, cropped
+    offset_ijk: np.ndarray  # index of the crop's first voxel in the original volume, (i, j, k)
+    geometry: Geometry  # geometry of the ORIGINAL (uncropped) volume
+    shape_kji: tuple  # original shape
+    _planes: dict | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.mu.device
+
+    @property
+    def centre_ras(self) -> np.ndarray:
+        k, j, i = self.shape_kji
+        return self.geometry.index_to_ras([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2])
+
+    def planes(self, axis: int) -> torch.Tensor:
+        """The volume as a batch of 2D slices along index axis ``axis``: (N, 1, Hs, Ws), cached."""
+        if self._planes is None:
+            self._planes = {}
+        if axis not in self._planes:
+            perm = _PLANES[axis][0]
+            self._planes[axis] = self.mu.permute(*perm).contiguous().unsqueeze(1)
+        return self._planes[axis]
+
+
+def prepare_ct(volume: Volume, device: str | torch.device = "cpu", mu_water_per_mm: float | None = None,
+               body_threshold_hu: float = -950.0) -> PreparedCT:
+    """HU volume -> :class:`PreparedCT` (attenuation, cropped to voxels above ``body_threshold_hu``)."""
+    if volume.array.ndim != 3 or min(volume.array.shape) < 2:
+        raise MedAIInputError(f"a CT volume with at least 2 voxels per axis is needed, got shape {volume.array.shape}")
+    check_image_values(volume.array, "CT volume")
+    hu = volume.array
+    body = hu > body_threshold_hu
+    if not body.any():
+        raise MedAIInputError(f"the CT volume has no voxel above {body_threshold_hu} HU (empty or not a CT in HU)")
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(body.any(axis=other))
+        lo.append(max(int(present[0]) - 1, 0))
+        hi.append(min(int(present[-1]) + 2, hu.shape[axis]))
+    crop = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    kwargs = {} if mu_water_per_mm is None else {"mu_water_per_mm": mu_water_per_mm}
+    mu = torch.from_numpy(np.ascontiguousarray(hu_to_mu(crop, **kwargs), dtype=np.float32)).to(device)
+    return PreparedCT(mu, np.array([lo[2], lo[1], lo[0]], dtype=np.float64), volume.geometry, tuple(hu.shape))
+
+
+def pose_matrices(ct: PreparedCT, poses) -> np.ndarray:
+    """(B, 4, 4) RAS -> C-arm matrices for a Pose, a list of Poses, or a (B, 6) array."""
+    if isinstance(poses, Pose):
+        poses = [poses]
+    elif not isinstance(poses, (list, tuple)):
+        poses = [Pose.from_array(p) for p in np.atleast_2d(np.asarray(poses, dtype=np.float64))]
+    return np.stack([p.matrix(ct.centre_ras) for p in poses])
+
+
+def rays_in_index_space(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray):
+    """Source (3,) and detector pixel centres (H, W, 3) in the CROPPED volume's (i, j, k) index space."""
+    ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
+    k, j, i = ct.mu.shape
+    corners = (np.stack(np.meshgrid([0, i - 1], [0, j - 1], [0, k - 1], indexing="ij"), -1).reshape(-1, 3)
+               + ct.offset_ijk)
+    depth = corners @ ijk_to_carm[2, :3] + ijk_to_carm[2, 3]  # C-arm z of the body's bounding box corners
+    if depth.min() <= -carm.sid_mm or depth.max() >= carm.sdd_mm - carm.sid_mm:
+        raise MedAIInputError(
+            f"the CT volume is not entirely between the X-ray source and the detector at this pose "
+            f"(depth {depth.min():.0f}..{depth.max():.0f} mm; source at {-carm.sid_mm:.0f}, "
+            f"detector at {carm.sdd_mm - carm.sid_mm:.0f} mm)")
+    carm_to_ijk = np.linalg.inv(ijk_to_carm)
+    source = carm_to_ijk[:3, :3] @ carm.source_carm() + carm_to_ijk[:3, 3] - ct.offset_ijk
+    targets = carm.pixel_centres_carm() @ carm_to_ijk[:3, :3].T + carm_to_ijk[:3, 3] - ct.offset_ijk
+    return source, targets
+
+
+@torch.inference_mode()
+def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray, chunk_planes: int | None = None) -> torch.Tensor:
+    """Line integrals (H, W) of ``ct.mu`` along rays from ``source_ijk`` to each of ``targets_ijk`` (H, W, 3).
+
+    Index-space inputs refer to the cropped volume; samples outside it count as zero.
+    """
+    device = ct.device
+    spacing = torch.as_tensor(ct.geometry.spacing_mm, dtype=torch.float64)
+    d = torch.as_tensor(targets_ijk - source_ijk, dtype=torch.float64)  # (H, W, 3) ray directions, index units
+    s = torch.as_tensor(source_ijk, dtype=torch.float64)
+    axis = int(torch.argmax(d.abs().mean(dim=(0, 1))))  # stepping axis: most parallel to the beam
+    _, x_axis, y_axis = _PLANES[axis]
+    planes = ct.planes(axis)
+    n_planes, _, height_s, width_s = planes.shape
+    da = d[..., axis]
+    if torch.any(da.abs() < 1e-9):
+        raise MedAIInputError("a ray runs parallel to the CT's voxel planes; check the pose and geometry")
+    ratio_x = (d[..., x_axis] / da).to(torch.float32).to(device)  # in-plane displacement per plane step
+    ratio_y = (d[..., y_axis] / da).to(torch.float32).to(device)
+    base_x = float(s[x_axis])  # in-plane position at plane n: base + (n - s_axis) * ratio
+    base_y = float(s[y_axis])
+    step_mm = ((d * spacing).norm(dim=-1) / da.abs()).to(torch.float32).to(device)  # path length per plane
+    scale_x, scale_y = 2.0 / max(width_s - 1, 1), 2.0 / max(height_s - 1, 1)
+
+    height, width = d.shape[:2]
+    total = torch.zeros(height, width, dtype=torch.float32, device=device)
+    chunk = chunk_planes or max(1, int(8e6 // (height * width)))  # ~64 MB of grid per chunk
+    for start in range(0, n_planes, chunk):
+        n = torch.arange(start, min(start + chunk, n_planes), dtype=torch.float32, device=device)
+        offset = (n - float(s[axis]))[:, None, None]
+        grid = torch.empty(len(n), height, width, 2, dtype=torch.float32, device=device)
+        torch.addcmul(torch.tensor(base_x * scale_x - 1.0, device=device), offset, ratio_x * scale_x, out=grid[..., 0])
+        torch.addcmul(torch.tensor(base_y * scale_y - 1.0, device=device), offset, ratio_y * scale_y, out=grid[..., 1])
+        samples = F.grid_sample(planes[start:start + len(n)], grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=True)
+        total += samples.sum(dim=0)[0]
+    return total * step_mm
+
+
+def render(ct: PreparedCT, carm: CArmGeometry, poses, chunk_planes: int | None = None) -> torch.Tensor:
+    """DRR line integrals (B, H, W) for one or more poses (Pose, list of Pose, or (B, 6) array)."""
+    matrices = pose_matrices(ct, poses)
+    images = []
+    for matrix in matrices:
+        source, targets = rays_in_index_space(ct, carm, matrix)
+        images.append(render_rays(ct, source, targets, chunk_planes))
+    return torch.stack(images)
