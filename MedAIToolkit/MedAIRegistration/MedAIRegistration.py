@@ -7,7 +7,7 @@ Widget -> Logic (MRML nodes <-> engine) -> ``medai`` engine. Console use::
 """
 import logging
 import os
-from typing import Optional
+from typing import Annotated, Optional
 
 import vtk
 
@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode
 
@@ -73,6 +73,17 @@ class MedAIRegistrationParameterNode:
 
     ctVolume: vtkMRMLScalarVolumeNode
     dicomFolder: str = ""
+    tx: float = 0.0
+    ty: float = 0.0
+    tz: float = 0.0
+    rx: Annotated[float, WithinRange(-180, 180)] = 0.0
+    ry: Annotated[float, WithinRange(-180, 180)] = 0.0
+    rz: Annotated[float, WithinRange(-180, 180)] = 0.0
+    sddMm: Annotated[float, WithinRange(100, 3000)] = 1020.0
+    sidMm: Annotated[float, WithinRange(50, 2900)] = 765.0
+    detectorSize: Annotated[int, WithinRange(8, 2048)] = 256
+    pixelSpacingMm: Annotated[float, WithinRange(0.05, 10)] = 1.6
+    drrVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -99,6 +110,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadCTButton.connect("clicked(bool)", self.onLoadCT)
+        self.ui.generateDRRButton.connect("clicked(bool)", self.onGenerateDRR)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -138,6 +150,15 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume, fit=True)
 
 
+    def onGenerateDRR(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to generate the DRR."), waitCursor=True):
+            p.drrVolume = self.logic.generateDRR(
+                p.ctVolume, (p.tx, p.ty, p.tz, p.rx, p.ry, p.rz),
+                self.logic.cArmGeometry(p.sddMm, p.sidMm, p.detectorSize, p.pixelSpacingMm))
+            slicer.util.setSliceViewerLayers(background=p.drrVolume, fit=True)
+
+
 #
 # MedAIRegistrationLogic
 #
@@ -160,6 +181,40 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         logging.info(f"Loaded CT '{node.GetName()}' {node.GetImageData().GetDimensions()} from {path}")
         return node
 
+    @staticmethod
+    def cArmGeometry(sddMm: float = 1020.0, sidMm: float = 765.0, detectorSize: int = 256, pixelSpacingMm: float = 1.6):
+        """Square-detector C-arm intrinsics (engine ``CArmGeometry``; use it directly for anything else)."""
+        from medai.drr import CArmGeometry
+
+        return CArmGeometry(sddMm, sidMm, detectorSize, detectorSize, pixelSpacingMm, pixelSpacingMm)
+
+    def poseMatrix(self, ctVolumeNode, pose) -> "np.ndarray":
+        """4x4 RAS -> C-arm matrix of ``pose`` (tx, ty, tz mm; rx, ry, rz deg about the CT centre)."""
+        from medai.drr import Pose
+        from medai.geometry import Geometry
+        from medai_slicer import ijk_to_ras_of
+
+        k, j, i = (d - 1 for d in reversed(ctVolumeNode.GetImageData().GetDimensions()))
+        centre = Geometry.from_ijk_to_ras(ijk_to_ras_of(ctVolumeNode)).index_to_ras([i / 2, j / 2, k / 2])
+        return Pose.from_array(pose).matrix(centre)
+
+    def generateDRR(self, ctVolumeNode, pose, carm=None, name: Optional[str] = None):
+        """Render a DRR (line integrals) into a NEW one-slice volume node lying on the detector plane in RAS.
+
+        Also creates a NEW linear transform node "<name> C-arm" holding the C-arm -> RAS matrix, referenced
+        by the DRR node as "MedAI.CArmTransform". The CT node is not modified (its parent transform, if any,
+        is not applied).
+        """
+        from medai.drr import Pose
+        from medai_slicer import node_to_volume
+        from medai_slicer.drr_nodes import add_drr_nodes
+
+        if ctVolumeNode is None:
+            raise ValueError("Generate DRR needs a CT volume node")
+        drrNode, _ = add_drr_nodes(slicer.mrmlScene, node_to_volume(ctVolumeNode), carm or self.cArmGeometry(),
+                                   Pose.from_array(pose), name or f"{ctVolumeNode.GetName()} DRR")
+        return drrNode
+
 
 #
 # MedAIRegistrationTest
@@ -175,6 +230,8 @@ class MedAIRegistrationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_loadCT_places_voxels_physically()
+        self.setUp()
+        self.test_generateDRR_lies_on_detector_plane()
 
     def test_loadCT_places_voxels_physically(self):
         import tempfile
@@ -202,4 +259,32 @@ class MedAIRegistrationTest(ScriptedLoadableModuleTest):
             lps = image.TransformIndexToPhysicalPoint(ijk)
             np.testing.assert_allclose(ras, (-lps[0], -lps[1], lps[2]), atol=1e-3)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
+        self.delayDisplay("Test passed")
+
+    def test_generateDRR_lies_on_detector_plane(self):
+        import numpy as np
+        from medai.geometry import Geometry
+        from medai_slicer import ijk_to_ras_of, volume_to_node
+        from medai.io import Volume
+
+        self.delayDisplay("Rendering a DRR of a synthetic cube")
+        hu = np.full((40, 40, 40), -1000, np.int16)
+        hu[10:30, 10:30, 10:30] = 1000  # a 20 mm cube of mu = 2 * mu_water
+        ct = volume_to_node(slicer.mrmlScene, Volume(hu, Geometry((1.0, 1.0, 1.0), (-20.0, -20.0, -20.0))), "cube")
+        logic = MedAIRegistrationLogic()
+        carm = logic.cArmGeometry(1000.0, 500.0, 64, 1.0)
+        drr = logic.generateDRR(ct, (0, 0, 0, 0, 0, 30), carm)
+        self.assertIsNot(drr, ct)
+        image = slicer.util.arrayFromVolume(drr)[0]
+        self.assertEqual(image.shape, (64, 64))
+        self.assertGreater(image.max(), 0.5)
+        # the DRR's voxels lie on the detector plane: distance SDD from the source, perpendicular to the beam
+        carmToRAS = np.linalg.inv(logic.poseMatrix(ct, (0, 0, 0, 0, 0, 30)))
+        source = carmToRAS @ [0, 0, -500.0, 1]
+        ijkToRAS = ijk_to_ras_of(drr)
+        centre = ijkToRAS @ [carm.principal_col, carm.principal_row, 0, 1]
+        self.assertAlmostEqual(np.linalg.norm(centre[:3] - source[:3]), 1000.0, places=3)
+        corner = ijkToRAS @ [0, 0, 0, 1]
+        self.assertAlmostEqual(float(np.dot(corner[:3] - centre[:3], centre[:3] - source[:3])), 0.0, places=3)
+        self.assertEqual(slicer.util.arrayFromVolume(ct).max(), 1000)  # input untouched
         self.delayDisplay("Test passed")

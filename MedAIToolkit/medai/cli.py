@@ -24,6 +24,74 @@ def _cmd_info(args) -> int:
     return status
 
 
+def _carm_from_args(args):
+    from .drr import CArmGeometry
+
+    height, width = args.size
+    spacing = args.pixel_spacing
+    if len(spacing) not in (1, 2):
+        raise MedAIInputError(f"--pixel-spacing takes one or two values, got {len(spacing)}")
+    row_mm, col_mm = (spacing[0], spacing[0]) if len(spacing) == 1 else spacing
+    return CArmGeometry(args.sdd, args.sid, height, width, row_mm, col_mm)
+
+
+def _load_ct(path: str, resample_mm: float | None):
+    from .io import read_volume, resample_volume
+
+    volume = read_volume(path)
+    if resample_mm:
+        volume = resample_volume(volume, (resample_mm,) * 3)
+    return volume
+
+
+def _cmd_drr(args) -> int:
+    import time
+
+    import torch
+
+    from .drr import Pose, prepare_ct, render
+    from .drr.output import save_drr
+    from .drr.renderer import pose_matrices
+
+    carm = _carm_from_args(args)
+    pose = Pose.from_array(args.pose)
+    ct = prepare_ct(_load_ct(args.ct, args.resample), device=args.device)
+    start = time.perf_counter()
+    image = render(ct, carm, pose)[0]
+    elapsed = time.perf_counter() - start
+    matrix = pose_matrices(ct, pose)[0]
+    save_drr(args.out, image, carm, pose, matrix)
+    if args.json:
+        print(json.dumps({"out": args.out, "ras_to_carm": matrix.round(6).tolist(), "pose": pose.as_array().tolist(),
+                          "carm": carm.to_dict(), "ct_centre_ras": ct.centre_ras.round(6).tolist(),
+                          "line_integral_range": [float(image.min()), float(image.max())],
+                          "seconds": round(elapsed, 4), "device": str(torch.device(args.device))}, indent=2))
+    else:
+        print(f"medai drr: wrote {args.out} ({carm.height}x{carm.width}) in {elapsed:.3f} s")
+    return 0
+
+
+def _cmd_gen_dataset(args) -> int:
+    from .drr.dataset import generate_dataset
+
+    meta = generate_dataset(_load_ct(args.ct, args.resample), args.out, args.n, _carm_from_args(args), args.seed,
+                            args.max_translation, args.max_rotation, args.patch_size, source=args.ct,
+                            device=args.device)
+    print(f"medai gen-dataset: {meta['completed']} DRRs in {args.out}")
+    return 0
+
+
+def _add_carm_arguments(parser, size=(256, 256), spacing=1.6) -> None:
+    parser.add_argument("--ct", required=True, help="CT: DICOM folder or NIfTI/NRRD/MHA file (HU)")
+    parser.add_argument("--size", type=int, nargs=2, default=list(size), metavar=("H", "W"), help="detector pixels")
+    parser.add_argument("--pixel-spacing", type=float, nargs="+", default=[spacing], metavar="MM",
+                        help="detector pixel spacing (one value, or row and column)")
+    parser.add_argument("--sdd", type=float, default=1020.0, help="source-to-detector distance (mm)")
+    parser.add_argument("--sid", type=float, default=765.0, help="source-to-isocentre distance (mm)")
+    parser.add_argument("--resample", type=float, default=None, metavar="MM", help="resample the CT to MM isotropic first")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -39,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("paths", nargs="+", help="files or DICOM folders")
     info.add_argument("--compact", action="store_true", help="one JSON object per line")
     info.set_defaults(func=_cmd_info)
+
+    drr = sub.add_parser("drr", help="render a DRR of a CT at a C-arm pose")
+    _add_carm_arguments(drr)
+    drr.add_argument("--out", required=True, help="output .npy (line integrals), .png (display) or .dcm (DICOM XA)")
+    drr.add_argument("--pose", type=float, nargs=6, default=[0.0] * 6, metavar=("TX", "TY", "TZ", "RX", "RY", "RZ"),
+                     help="mm in the C-arm frame, degrees about the CT centre (docs/pose_convention.md)")
+    drr.add_argument("--json", action="store_true", help="print the 4x4 RAS->C-arm matrix used and the geometry")
+    drr.set_defaults(func=_cmd_drr)
+
+    gen = sub.add_parser("gen-dataset", help="render N random poses into a resumable training set")
+    _add_carm_arguments(gen, size=(128, 128), spacing=3.2)
+    gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument("--n", type=int, required=True, help="number of DRRs")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-translation", type=float, default=20.0, help="+/- mm per axis")
+    gen.add_argument("--max-rotation", type=float, default=10.0, help="+/- degrees per axis")
+    gen.add_argument("--patch-size", type=int, default=64, help="side of the normalised patches")
+    gen.set_defaults(func=_cmd_gen_dataset)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled samples and write results to --out")
     demo.add_argument("--out", default="medai-demo-output", help="output folder (created)")

@@ -56,6 +56,40 @@ def _figure_xrays(images: dict, path: str) -> None:
     plt.close(fig)
 
 
+DEMO_CARM = dict(sdd_mm=1200.0, sid_mm=700.0, height=192, width=192, row_spacing_mm=2.8, col_spacing_mm=2.8)
+DEMO_POSES = {"AP (zero pose)": (0, 0, 0, 0, 0, 0), "LAO 30": (0, 0, 0, 0, 0, -30), "lateral": (0, 0, 0, 0, 0, 90),
+              "CRA 20, shifted": (15, -10, 0, -20, 0, 0)}
+
+
+def _drr_stage(ct, out_dir: str) -> dict:
+    """DRRs of the sample CT at four C-arm poses (figure + timing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .drr import CArmGeometry, Pose, prepare_ct, render, to_display
+
+    carm = CArmGeometry(**DEMO_CARM)
+    prepared = prepare_ct(ct)
+    render(prepared, carm, Pose())  # warm-up
+    start = time.perf_counter()
+    images = render(prepared, carm, [Pose.from_array(p) for p in DEMO_POSES.values()])
+    seconds = time.perf_counter() - start
+    fig, axes = plt.subplots(1, len(DEMO_POSES), figsize=(3.2 * len(DEMO_POSES), 3.6))
+    for ax, name, image in zip(axes, DEMO_POSES, images):
+        ax.imshow(to_display(image), cmap="gray")
+        ax.set_title(name, fontsize=10)
+        ax.set_axis_off()
+    fig.suptitle(f"DRRs of the sample CT ({carm.height}x{carm.width}, SDD {carm.sdd_mm:.0f} mm), "
+                 f"{len(DEMO_POSES)} poses in {seconds:.2f} s")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "drrs.png"), dpi=100)
+    plt.close(fig)
+    return {"poses": DEMO_POSES, "seconds_for_all": round(seconds, 3),
+            "max_line_integral": round(float(images.max()), 3)}
+
+
 def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     """Run every stage available on the bundled samples; returns the summary written to summary.json."""
     os.makedirs(out_dir, exist_ok=True)
@@ -73,6 +107,9 @@ def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     xrays = {n: read_xray(sample_path(n)) for n in SAMPLES if n.startswith("xray_")}
     _figure_xrays(xrays, os.path.join(out_dir, "xrays.png"))
     summary["outputs"]["xrays"] = "xrays.png"
+
+    summary["drr"] = _drr_stage(ct, out_dir)
+    summary["outputs"]["drrs"] = "drrs.png"
 
     if with_scene:
         summary["outputs"]["scene"] = _write_scene(ct, liver, out_dir)
@@ -95,5 +132,11 @@ def _write_scene(ct, liver, out_dir: str) -> str:
     ct_node = volume_to_node(scene, ct, "MedAIAbdomenCT")
     labelmap_to_segmentation(scene, liver, {1: ("liver", (0.86, 0.55, 0.45))}, "MedAIAbdomenCT liver", ct_node)
     load_xray_node(scene, sample_path("xray_pneumonia_1"), "MedAIChestXRay")
+    from medai_slicer.drr_nodes import add_drr_nodes
+
+    from .drr import CArmGeometry, Pose
+
+    add_drr_nodes(scene, ct, CArmGeometry(**DEMO_CARM), Pose.from_array(DEMO_POSES["LAO 30"]), "MedAIAbdomenCT DRR LAO 30")
     path = save_scene(scene, os.path.join(out_dir, "scene"), "MedAIDemo")
     return os.path.relpath(path, out_dir)
+

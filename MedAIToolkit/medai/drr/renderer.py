@@ -131,7 +131,7 @@ def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray,
 
     height, width = d.shape[:2]
     total = torch.zeros(height, width, dtype=torch.float32, device=device)
-    chunk = chunk_planes or max(1, int(8e6 // (height * width)))  # ~64 MB of grid per chunk
+    chunk = chunk_planes or max(1, int(1.5e6 // (height * width)))  # ~12 MB of grid: stays in cache
     for start in range(0, n_planes, chunk):
         n = torch.arange(start, min(start + chunk, n_planes), dtype=torch.float32, device=device)
         offset = (n - float(s[axis]))[:, None, None]

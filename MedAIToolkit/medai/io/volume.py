@@ -135,3 +135,36 @@ def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     msg = next((ln for ln in lines if "rror" in ln or "annot" in ln), lines[-1] if lines else "")
     return msg[:200]
+
+
+def resample_volume(volume: Volume, spacing_mm, interpolator: str = "linear", default_value: float | None = None) -> Volume:
+    """Resample onto a grid of the same physical extent and direction with new spacing (i, j, k) mm.
+
+    Downsampling is anti-aliased (Gaussian, sigma = half the new spacing) for ``linear``; labels use ``nearest``.
+    """
+    image = volume.to_sitk()
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.asarray(spacing_mm, dtype=np.float64)
+    size = np.array(image.GetSize())
+    new_size = np.maximum(np.round(size * old_spacing / new_spacing).astype(int), 1)
+    # keep the physical extent: first new voxel centre sits half a new voxel inside the old extent
+    start = (new_spacing / old_spacing - 1.0) / 2.0
+    origin = volume.geometry.index_to_lps(start)
+    if default_value is None:
+        default_value = float(volume.array.min())
+    if interpolator == "linear":
+        source = sitk.Cast(image, sitk.sitkFloat32)
+        sigma = np.where(new_spacing > old_spacing, new_spacing / 2.0, 0.0)
+        if np.any(sigma > 0):
+            source = sitk.SmoothingRecursiveGaussian(source, [float(max(s, 1e-3)) for s in sigma])
+        method = sitk.sitkLinear
+    elif interpolator == "nearest":
+        source, method = image, sitk.sitkNearestNeighbor
+    else:
+        raise MedAIInputError(f"unknown interpolator '{interpolator}' (linear or nearest)")
+    out = sitk.Resample(source, [int(s) for s in new_size], sitk.Transform(), method, origin.tolist(),
+                        new_spacing.tolist(), image.GetDirection(), default_value, source.GetPixelID())
+    array = sitk.GetArrayFromImage(out)
+    if interpolator == "linear" and np.issubdtype(volume.array.dtype, np.integer):
+        array = np.round(array).astype(volume.array.dtype)
+    return Volume(array, Geometry.from_sitk(out), dict(volume.meta))
