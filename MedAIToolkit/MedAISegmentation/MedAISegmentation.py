@@ -53,6 +53,8 @@ class MedAISegmentationParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
+    task: str = "em-membranes"
+    device: str = "cpu"
 
 
 #
@@ -79,6 +81,7 @@ class MedAISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.importLabelmapButton.connect("clicked(bool)", self.onImportLabelmap)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -118,6 +121,12 @@ class MedAISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 path, labels=None, referenceVolume=self._parameterNode.inputVolume)
 
 
+    def onApply(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device)
+
+
 #
 # MedAISegmentationLogic
 #
@@ -137,6 +146,39 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
         from medai_slicer import load_volume_node
 
         return load_volume_node(slicer.mrmlScene, path, name=name, series_uid=seriesUID)
+
+    def segment(self, inputVolume, task: str = "em-membranes", device: str = "cpu", name: Optional[str] = None,
+                modelsFolder: Optional[str] = None):
+        """Run a shipped task model on ``inputVolume`` -> NEW segmentation node on the input's geometry.
+
+        The input node is never modified. Raises MedAIInputError / MedAIModelError naming the problem
+        (wrong dimensionality, empty image, unknown task, missing or corrupted model file).
+        """
+        import numpy as np
+        from medai.errors import MedAIInputError
+        from medai.io import Volume
+        from medai.segmentation.inference import Segmenter
+        from medai.segmentation.registry import get_task
+        from medai_slicer import labelmap_to_segmentation, node_to_volume
+
+        spec = get_task(task)
+        if inputVolume is None:
+            raise MedAIInputError("no input volume selected")
+        volume = node_to_volume(inputVolume)
+        image = volume.array
+        if spec.spatial_dims == 2:
+            if image.shape[0] != 1:
+                raise MedAIInputError(f"task '{task}' segments 2D images; '{inputVolume.GetName()}' has "
+                                      f"{image.shape[0]} slices")
+            image = image[0]
+        segmenter = Segmenter(spec, device=device, models_folder=modelsFolder)
+        classes = segmenter(image)
+        labelmap = Volume(classes.reshape(volume.array.shape), volume.geometry)
+        node = labelmap_to_segmentation(slicer.mrmlScene, labelmap, spec.labels,
+                                        name or f"{inputVolume.GetName()} {task}", reference_node=inputVolume)
+        node.SetAttribute("MedAI.task", task)
+        logging.info(f"Segmented '{inputVolume.GetName()}' with {task}: {np.bincount(classes.ravel()).tolist()} px")
+        return node
 
     def importLabelmap(self, path: str, labels: Optional[dict] = None, referenceVolume=None, name: Optional[str] = None):
         """Label map file/DICOM series -> NEW segmentation node with named, coloured segments.

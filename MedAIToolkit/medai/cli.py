@@ -81,6 +81,20 @@ def _cmd_gen_dataset(args) -> int:
     return 0
 
 
+def _cmd_segment(args) -> int:
+    from .segmentation.batch import segment_files
+    from .segmentation.inference import Segmenter
+
+    records = segment_files(Segmenter(args.task, device=args.device), args.inputs, args.out)
+    failed = [r for r in records if r["error"]]
+    for record in records:
+        if record["error"]:
+            print(f"medai segment: error: {record['error']}", file=sys.stderr)
+        else:
+            print(json.dumps(record))
+    return 2 if failed else 0
+
+
 def _add_carm_arguments(parser, size=(256, 256), spacing=1.6) -> None:
     parser.add_argument("--ct", required=True, help="CT: DICOM folder or NIfTI/NRRD/MHA file (HU)")
     parser.add_argument("--size", type=int, nargs=2, default=list(size), metavar=("H", "W"), help="detector pixels")
@@ -125,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-rotation", type=float, default=10.0, help="+/- degrees per axis")
     gen.add_argument("--patch-size", type=int, default=64, help="side of the normalised patches")
     gen.set_defaults(func=_cmd_gen_dataset)
+
+    segment = sub.add_parser("segment", help="segment images with a shipped task model")
+    segment.add_argument("--task", required=True, help="task name (see medai.segmentation.registry)")
+    segment.add_argument("inputs", nargs="+", help="image files or folders")
+    segment.add_argument("--out", required=True, help="output .png (one input) or folder")
+    segment.add_argument("--device", default="cpu")
+    segment.set_defaults(func=_cmd_segment)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled samples and write results to --out")
     demo.add_argument("--out", default="medai-demo-output", help="output folder (created)")

@@ -1,0 +1,57 @@
+"""``medai segment``: files or folders in, label files out (the task's label convention), errors per file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MedAIInputError
+from ..io.xray import IMAGE_SUFFIXES
+from .inference import Segmenter
+
+
+def _inputs(paths) -> list[Path]:
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)))
+        else:
+            files.append(path)
+    if not files:
+        raise MedAIInputError(f"no input images found in {', '.join(map(str, paths))}")
+    return files
+
+
+def read_2d(path: Path) -> np.ndarray:
+    from ..io import read_xray
+
+    return read_xray(str(path)).array
+
+
+def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
+    """Segment every input; write ``out`` (a file for one input, else a folder of ``<name>_seg.png``).
+
+    Returns one record per input: {"path", "out", "error", and per-label pixel fractions}.
+    """
+    from PIL import Image
+
+    if segmenter.task.spatial_dims != 2:
+        raise MedAIInputError(f"task '{segmenter.task.name}' is 3D: batch files are not supported yet")
+    files = _inputs(inputs)
+    single = len(files) == 1 and Path(out).suffix.lower() == ".png"
+    if not single:
+        os.makedirs(out, exist_ok=True)
+    records = []
+    for path in files:
+        target = Path(out) if single else Path(out) / f"{path.stem}_seg.png"
+        try:
+            classes = segmenter(read_2d(path))
+        except MedAIInputError as exc:
+            records.append({"path": str(path), "out": None, "error": str(exc)})
+            continue
+        Image.fromarray(segmenter.to_output_values(classes)).save(target)
+        fractions = {name: round(float((classes == index).mean()), 4)
+                     for index, (name, _) in segmenter.task.labels.items()}
+        records.append({"path": str(path), "out": str(target), "error": None, **fractions})
+    return records

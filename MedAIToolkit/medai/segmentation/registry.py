@@ -1,0 +1,55 @@
+"""Segmentation task registry: what each shipped model segments, on what input, and from which file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import MedAIInputError
+
+
+@dataclass(frozen=True)
+class SegmentationTask:
+    """One segmentation task.
+
+    ``labels`` maps the network's output class index -> (segment name, RGB colour 0-1); class 0 is background
+    unless listed. ``output_values`` maps class index -> value written in label files (the task's own
+    training-label convention, e.g. EM: 255 = cell interior, 0 = membrane).
+    """
+
+    name: str
+    modality: str
+    spatial_dims: int
+    in_channels: int
+    labels: dict
+    output_values: dict
+    normalisation: str  # "minmax" (per image to 0-1) or "zscore" (per volume, foreground)
+    patch_size: tuple
+    network: dict = field(default_factory=dict)
+    model_file: str = ""
+    description: str = ""
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.output_values)
+
+
+TASKS: dict[str, SegmentationTask] = {
+    "em-membranes": SegmentationTask(
+        name="em-membranes",
+        modality="EM",
+        spatial_dims=2,
+        in_channels=1,
+        labels={0: ("membrane", (0.95, 0.35, 0.25)), 1: ("cell interior", (0.35, 0.75, 0.95))},
+        output_values={0: 0, 1: 255},
+        normalisation="minmax",
+        patch_size=(256, 256),
+        network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
+        model_file="em-membranes.pt",
+        description="ssTEM neuronal membranes (ISBI 2012 convention: 255 = cell interior, 0 = membrane)",
+    ),
+}
+
+
+def get_task(name: str) -> SegmentationTask:
+    if name not in TASKS:
+        raise MedAIInputError(f"unknown segmentation task '{name}'; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name]

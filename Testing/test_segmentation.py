@@ -1,0 +1,130 @@
+"""Segmentation: real training reduces the loss, the shipped model reproduces its card, DDP on CPU (gloo),
+inference through the module Logic and the CLI, and bad input."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slicer
+from medai.errors import MedAIInputError, MedAIModelError
+from medai.models import models_dir, read_card
+from medai.segmentation.inference import Segmenter
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+
+
+def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
+    from train_segmentation import train
+
+    result = train("em-membranes", str(tmp_path), {"epochs": 4, "iterations_per_epoch": 3, "batch_size": 4,
+                                                    "val_every": 100, "seed": 1}, progress=False)
+    assert result["losses"][-1] < 0.85 * result["losses"][0]
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 5
+
+
+def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
+    from train_segmentation import train
+
+    cfg = {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "val_every": 100, "seed": 2}
+    train("em-membranes", str(tmp_path), cfg, progress=False)
+    resumed = train("em-membranes", str(tmp_path), {**cfg, "epochs": 2}, resume=True, progress=False)
+    assert len(resumed["losses"]) == 2
+
+
+def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("epochs: 1\niterations_per_epoch: 2\nbatch_size: 2\nval_every: 1\nthreads: 2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(REPO / "training" / "train_segmentation.py"), "--task", "em-membranes", "--config", str(config),
+         "--out", str(tmp_path / "run"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[4] != ""  # rank 0 logged one epoch with validation
+
+
+def test_shipped_model_reproduces_its_card(data_dir):
+    from medai.segmentation.data import load_split
+    from medai.segmentation.metrics import per_label_scores
+
+    card = read_card("em-membranes")
+    segmenter = Segmenter("em-membranes")
+    for case in load_split("em-membranes", "test"):
+        scores = per_label_scores(segmenter(case["image"][0]), case["label"][0], segmenter.task.labels)
+        for name, values in scores.items():
+            assert abs(values["dice"] - card["held_out"]["per_case"][case["id"]][name]["dice"]) < 0.01
+    assert card["held_out"]["mean"]["cell interior"]["dice"] >= 0.90
+
+
+def test_logic_segments_em_slice_into_new_named_segments(scene):
+    from MedAIDiagnosis import MedAIDiagnosisLogic
+    from MedAISegmentation import MedAISegmentationLogic
+    from medai.samples import sample_path
+    from medai_slicer import ijk_to_ras_of
+
+    image = MedAIDiagnosisLogic().loadXRay(sample_path("em_slice"), name="em")
+    before = slicer.util.arrayFromVolume(image).copy()
+    seg = MedAISegmentationLogic().segment(image, "em-membranes")
+    segmentation = seg.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == ["membrane", "cell interior"]
+    interior = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "cell interior", image)
+    assert interior.shape == (1, 512, 512) and 0.6 < interior.mean() < 0.9
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(image), before)
+    import vtk
+
+    labelmap = segmentation.GetSegment("cell interior").GetRepresentation("Binary labelmap")
+    image_to_world = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(image_to_world)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(image_to_world), ijk_to_ras_of(image), atol=1e-6)
+
+
+def test_cli_segments_a_folder_and_lists_bad_files(tmp_path):
+    from medai.samples import sample_path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sample_path("em_slice"), folder / "slice.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = subprocess.run([sys.executable, "-m", "medai.cli", "segment", "--task", "em-membranes", str(folder),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "broken.png" in result.stderr and "Traceback" not in result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    from PIL import Image
+
+    output = np.asarray(Image.open(record["out"]))
+    assert set(np.unique(output)) == {0, 255}  # ISBI convention: 255 = cell interior
+
+
+def test_bad_inputs_and_models(tmp_path, scene):
+    from MedAISegmentation import MedAISegmentationLogic
+    from medai_slicer import volume_to_node
+    from medai.geometry import Geometry
+    from medai.io import Volume
+
+    segmenter = Segmenter("em-membranes")
+    with pytest.raises(MedAIInputError, match="needs a 2D image"):
+        segmenter(np.zeros((4, 64, 64), np.float32))
+    with pytest.raises(MedAIInputError, match="image is empty"):
+        segmenter(np.full((64, 64), 7, np.float32))
+    with pytest.raises(MedAIInputError, match="unknown segmentation task 'liver-xyz'"):
+        Segmenter("liver-xyz")
+    with pytest.raises(MedAIModelError, match="no model card"):
+        Segmenter("em-membranes", models_folder=tmp_path)
+    shutil.copy(models_dir() / "em-membranes.json", tmp_path)
+    data = bytearray((models_dir() / "em-membranes.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "em-membranes.pt").write_bytes(bytes(data))
+    with pytest.raises(MedAIModelError, match="corrupted"):
+        Segmenter("em-membranes", models_folder=tmp_path)
+
+    volume = volume_to_node(scene, Volume(np.random.rand(5, 32, 32).astype(np.float32), Geometry()), "3d")
+    n_nodes = scene.GetNumberOfNodes()
+    with pytest.raises(MedAIInputError, match="segments 2D images"):
+        MedAISegmentationLogic().segment(volume, "em-membranes")
+    assert scene.GetNumberOfNodes() == n_nodes
