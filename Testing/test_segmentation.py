@@ -30,10 +30,11 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
 def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
     from train_segmentation import train
 
-    cfg = {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "val_every": 100, "seed": 2}
-    train("em-membranes", str(tmp_path), cfg, progress=False)
-    resumed = train("em-membranes", str(tmp_path), {**cfg, "epochs": 2}, resume=True, progress=False)
-    assert len(resumed["losses"]) == 2
+    cfg = {"epochs": 2, "iterations_per_epoch": 2, "batch_size": 2, "val_every": 100, "seed": 2}
+    first = train("em-membranes", str(tmp_path), {**cfg, "stop_after_epochs": 1}, progress=False)
+    assert len(first["losses"]) == 1
+    resumed = train("em-membranes", str(tmp_path), cfg, resume=True, progress=False)
+    assert len(resumed["losses"]) == 2 and resumed["losses"][0] == first["losses"][0]
 
 
 def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):

@@ -117,7 +117,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         with open(metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "loss", "lr", "seconds"] +
                                    [f"val_{m}_{n.replace(' ', '_')}" for n in label_names for m in ("dice", "iou")])
-    for epoch in range(start_epoch, cfg["epochs"]):
+    last_epoch = min(cfg["epochs"], start_epoch + int(cfg.get("stop_after_epochs") or cfg["epochs"]))
+    for epoch in range(start_epoch, last_epoch):
         model.train()
         started = time.perf_counter()
         epoch_losses = []
@@ -205,12 +206,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--stop-after-epochs", type=int, help="stop after this many epochs (continue with --resume)")
     parser.add_argument("--export", action="store_true", help="evaluate on the held-out split and ship the model")
     parser.add_argument("--export-only", action="store_true", help="skip training; export best.pt of --out")
     args = parser.parse_args()
     config_path = Path(args.config or REPO / "training" / "configs" / f"{args.task}.yaml")
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    for key in ("epochs", "seed", "device"):
+    for key in ("epochs", "seed", "device", "stop_after_epochs"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     out = args.out or str(REPO / "runs" / args.task)
