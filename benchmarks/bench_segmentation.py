@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedAIToolkit"))
 
 from medai.errors import MedAIModelError  # noqa: E402
 from medai.segmentation.data import load_split  # noqa: E402
-from medai.segmentation.inference import Segmenter  # noqa: E402
+from medai.segmentation.inference import Segmenter, case_truth, predict_case  # noqa: E402
 from medai.segmentation.metrics import per_label_scores  # noqa: E402
 from medai.segmentation.registry import TASKS  # noqa: E402
 
@@ -40,14 +40,16 @@ def main() -> int:
         except MedAIModelError as exc:
             print(f"{name}: not shipped ({exc})")
             continue
-        cases = load_split(name, "test")
-        segmenter(cases[0]["image"][0])  # warm-up
+        train_case = segmenter.card.get("training", {}).get("train_case")
+        cases = load_split(name, "test", **({"train_case": train_case} if train_case else {}))
+        if "image" in cases[0]:
+            predict_case(segmenter, cases[0])  # warm-up (3D cases are long enough to time cold)
         scores, times = [], []
         for case in cases:
             start = time.perf_counter()
-            prediction = segmenter(case["image"][0])
+            prediction = predict_case(segmenter, case)
             times.append(time.perf_counter() - start)
-            scores.append(per_label_scores(prediction, case["label"][0], segmenter.task.labels))
+            scores.append(per_label_scores(prediction, case_truth(case), segmenter.task.labels))
         print(f"{name}: {len(cases)} held-out cases ({', '.join(c['id'] for c in cases)}), "
               f"{statistics.median(times):.3f} s per case on CPU ({args.threads} threads), "
               f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
@@ -56,6 +58,10 @@ def main() -> int:
             iou = float(np.mean([s[label]["iou"] for s in scores]))
             card = segmenter.card["held_out"]["mean"][label]
             print(f"  {label:14s} Dice {dice:.4f} IoU {iou:.4f}  (card: Dice {card['dice']:.4f} IoU {card['iou']:.4f})")
+        reverse = segmenter.card.get("reverse_direction")
+        if reverse:
+            print(f"  reverse direction (card, trained on {reverse['train_case']}): "
+                  + ", ".join(f"{n} Dice {v['dice']:.4f} IoU {v['iou']:.4f}" for n, v in reverse["held_out"]["mean"].items()))
         target_label, target = TARGETS[name]
         achieved = float(np.mean([s[target_label]["dice"] for s in scores]))
         print(f"  target: {target_label} Dice >= {target:.2f}: {achieved:.4f} ({achieved / target:.3f} of target)")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
 from medai.segmentation.data import load_split  # noqa: E402
-from medai.segmentation.inference import Segmenter  # noqa: E402
+from medai.segmentation.inference import Segmenter, case_truth, predict_case  # noqa: E402
 from medai.segmentation.metrics import per_label_scores  # noqa: E402
 from medai.segmentation.networks import build_network  # noqa: E402
 from medai.segmentation.registry import get_task  # noqa: E402
@@ -44,11 +44,11 @@ def train_transforms(task, seed: int):
     )
 
     keys = ["image", "label"]
+    geometric = [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
+                 RandRotate90d(keys, prob=0.5, max_k=3)] if task.flips else []
     transforms = Compose([
         RandSpatialCropd(keys, roi_size=task.patch_size, random_size=False),
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys, prob=0.5, max_k=3),
+        *geometric,
         Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 3), prob=0.5, rotate_range=(np.pi / 12,),
                        scale_range=(0.1, 0.1), mode=("bilinear", "nearest"), padding_mode="reflection"),
         RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
@@ -63,7 +63,8 @@ def train_transforms(task, seed: int):
 def evaluate(task, model, cases, device) -> dict:
     """Per-label Dice/IoU averaged over cases, with sliding-window inference on whole images."""
     segmenter = Segmenter(task, device=str(device), state_dict=_unwrap(model).state_dict())
-    scores = [per_label_scores(segmenter(case["image"][0]), case["label"][0], task.labels) for case in cases]
+    scores = [per_label_scores(segmenter(case["image"][0], normalised=True), case["label"][0], task.labels)
+              for case in cases]
     return {name: {m: float(np.mean([s[name][m] for s in scores])) for m in ("dice", "iou")} for name in scores[0]}
 
 
@@ -90,8 +91,9 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     torch.manual_seed(cfg["seed"] + rank)
     np.random.seed(cfg["seed"] + rank)
 
-    train_cases = load_split(task_name, "train")
-    val_cases = load_split(task_name, "val") if rank == 0 else []
+    split_args = {"train_case": cfg["train_case"]} if "train_case" in cfg else {}
+    train_cases = load_split(task_name, "train", **split_args)
+    val_cases = load_split(task_name, "val", **split_args) if rank == 0 else []
     transforms = train_transforms(task, cfg["seed"] + 1000 * rank)
     model = build_network(task).to(device)
     if distributed:
@@ -166,14 +168,15 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
 def export(task_name: str, out: str, config: dict, command: str) -> dict:
     """Evaluate ``best.pt`` on the held-out split and ship it with a model card."""
     from medai.models import save_model
-    from medai.segmentation.data import EM_SPLIT
+    from medai.segmentation.data import describe_split
 
     task = get_task(task_name)
     state = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=True)
-    cases = load_split(task_name, "test")
+    split_args = {"train_case": config["train_case"]} if "train_case" in config else {}
+    cases = load_split(task_name, "test", **split_args)
     segmenter = Segmenter(task, state_dict=state)
     started = time.perf_counter()
-    per_case = {c["id"]: per_label_scores(segmenter(c["image"][0]), c["label"][0], task.labels) for c in cases}
+    per_case = {c["id"]: per_label_scores(predict_case(segmenter, c), case_truth(c), task.labels) for c in cases}
     seconds = (time.perf_counter() - started) / len(cases)
     mean = {n: {m: round(float(np.mean([s[n][m] for s in per_case.values()])), 4) for m in ("dice", "iou")}
             for n, _ in task.labels.values()}
@@ -182,16 +185,13 @@ def export(task_name: str, out: str, config: dict, command: str) -> dict:
         "network": {"class": "monai.networks.nets.UNet", **task.network, "spatial_dims": task.spatial_dims},
         "labels": {str(k): v[0] for k, v in task.labels.items()},
         "output_values": {str(k): v for k, v in task.output_values.items()},
-        "data": "ISBI 2012 ssTEM Drosophila VNC, labelled slices 0-23 (../shared/data/em_membranes), 512x512",
-        "split": {k: [f"{i:02d}" for i in v] for k, v in EM_SPLIT.items()} if task_name == "em-membranes" else {},
+        **describe_split(task_name, **split_args),
         "held_out": {"split": "test", "mean": mean,
                      "per_case": {k: {n: {m: round(x, 4) for m, x in s.items()} for n, s in v.items()}
                                   for k, v in per_case.items()}},
         "cpu_seconds_per_case": round(seconds, 3),
         "training": {k: v for k, v in config.items()},
         "command": command,
-        "limitations": "24 labelled slices from one animal and one microscope; test slices are the last four of "
-                       "the same serial stack (neighbouring sections), so the score is optimistic for other data.",
     }
     save_model(task_name, state, card)
     return card

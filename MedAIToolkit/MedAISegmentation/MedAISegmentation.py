@@ -124,7 +124,18 @@ class MedAISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onApply(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device)
+            dialog = slicer.util.createProgressDialog(labelText=_("Segmenting..."), maximum=100)
+
+            def onProgress(fraction):
+                dialog.setValue(int(100 * fraction))
+                slicer.app.processEvents()
+                if dialog.wasCanceled:
+                    raise RuntimeError(_("Segmentation cancelled; no node was created."))
+
+            try:
+                p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device, progress=onProgress)
+            finally:
+                dialog.close()
 
 
 #
@@ -148,11 +159,12 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
         return load_volume_node(slicer.mrmlScene, path, name=name, series_uid=seriesUID)
 
     def segment(self, inputVolume, task: str = "em-membranes", device: str = "cpu", name: Optional[str] = None,
-                modelsFolder: Optional[str] = None):
+                modelsFolder: Optional[str] = None, progress=None):
         """Run a shipped task model on ``inputVolume`` -> NEW segmentation node on the input's geometry.
 
         The input node is never modified. Raises MedAIInputError / MedAIModelError naming the problem
         (wrong dimensionality, empty image, unknown task, missing or corrupted model file).
+        ``progress(fraction)`` is called during slice-wise 3D inference.
         """
         import numpy as np
         from medai.errors import MedAIInputError
@@ -166,13 +178,13 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
             raise MedAIInputError("no input volume selected")
         volume = node_to_volume(inputVolume)
         image = volume.array
-        if spec.spatial_dims == 2:
+        if spec.spatial_dims == 2 and not spec.slice_wise:
             if image.shape[0] != 1:
                 raise MedAIInputError(f"task '{task}' segments 2D images; '{inputVolume.GetName()}' has "
                                       f"{image.shape[0]} slices")
             image = image[0]
         segmenter = Segmenter(spec, device=device, models_folder=modelsFolder)
-        classes = segmenter(image)
+        classes = segmenter.segment_volume(volume, progress=progress) if spec.slice_wise else segmenter(image)
         labelmap = Volume(classes.reshape(volume.array.shape), volume.geometry)
         node = labelmap_to_segmentation(slicer.mrmlScene, labelmap, spec.labels,
                                         name or f"{inputVolume.GetName()} {task}", reference_node=inputVolume)

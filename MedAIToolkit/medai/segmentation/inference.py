@@ -6,6 +6,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..errors import MedAIInputError
+from ..io import Volume, resample_like, resample_to_axial
 from ..models import load_state
 from .networks import build_network
 from .registry import SegmentationTask, get_task
@@ -16,6 +17,9 @@ def normalise(image: np.ndarray, task: SegmentationTask) -> np.ndarray:
     if task.normalisation == "minmax":
         low, high = float(image.min()), float(image.max())
         return (image - low) / (high - low)
+    if task.normalisation == "window":
+        low, high = task.window
+        return (np.clip(image, low, high) - low) / (high - low)
     raise MedAIInputError(f"unknown normalisation {task.normalisation}")
 
 
@@ -45,17 +49,43 @@ class Segmenter:
         self.model.to(self.device).eval()
 
     @torch.inference_mode()
-    def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """(classes, *image.shape) softmax probabilities."""
+    def probabilities(self, image: np.ndarray, normalised: bool = False) -> torch.Tensor:
+        """(classes, *image.shape) softmax probabilities (``normalised``: the image is already network input)."""
         check_input(image, self.task)
-        x = torch.from_numpy(normalise(image, self.task))[None, None].to(self.device)
+        x = torch.from_numpy(image if normalised else normalise(image, self.task))[None, None].to(self.device)
         roi = tuple(min(p, s) for p, s in zip(self.task.patch_size, image.shape))
         logits = sliding_window_inference(x, roi, sw_batch_size=4, predictor=self.model, overlap=0.25,
                                           mode="gaussian", padding_mode="reflect")
         return torch.softmax(logits[0], dim=0)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.probabilities(image).argmax(0).to(torch.uint8).cpu().numpy()
+    def __call__(self, image: np.ndarray, normalised: bool = False) -> np.ndarray:
+        return self.probabilities(image, normalised).argmax(0).to(torch.uint8).cpu().numpy()
+
+    @torch.inference_mode()
+    def segment_volume(self, volume: Volume, batch_slices: int = 8, progress=None) -> np.ndarray:
+        """Slice-wise task on a 3D volume -> uint8 class map ``[k, j, i]`` on the input's exact grid.
+
+        The volume is resampled to the task's axial grid, each slice is segmented, and the class
+        probabilities are resampled back (linear) before the argmax; ``progress(fraction)`` is called per batch.
+        """
+        task = self.task
+        if not task.slice_wise:
+            raise MedAIInputError(f"task '{task.name}' is not a slice-wise volume task")
+        if volume.array.ndim != 3 or min(volume.array.shape) < 2:
+            raise MedAIInputError(f"task '{task.name}' needs a 3D volume, got shape {volume.array.shape}")
+        check_input(volume.array.reshape(volume.array.shape[0], -1), _as_2d(task), "input volume")
+        axial = resample_to_axial(volume, task.spacing_mm, "linear")
+        slices = torch.from_numpy(normalise(axial.array, task)[:, None].astype(np.float32))
+        probabilities = np.empty((task.out_channels, *axial.array.shape), np.float32)
+        for start in range(0, len(slices), batch_slices):
+            x = slices[start:start + batch_slices].to(self.device)
+            logits = sliding_window_inference(x, task.patch_size, sw_batch_size=4, predictor=self.model,
+                                              overlap=0.25, mode="gaussian", padding_mode="constant")
+            probabilities[:, start:start + len(x)] = torch.softmax(logits, 1).permute(1, 0, 2, 3).cpu().numpy()
+            if progress:
+                progress(min(1.0, (start + len(x)) / len(slices)))
+        back = np.stack([resample_like(p, axial.geometry, volume, "linear") for p in probabilities])
+        return back.argmax(0).astype(np.uint8)
 
     def to_output_values(self, classes: np.ndarray) -> np.ndarray:
         """Class indices -> the task's label-file values (e.g. EM: 0 / 255)."""
@@ -63,3 +93,20 @@ class Segmenter:
         for index, value in self.task.output_values.items():
             lut[index] = value
         return lut[classes]
+
+
+def predict_case(segmenter: Segmenter, case: dict) -> np.ndarray:
+    """Class map of a data-set case: a whole 3D volume (slice-wise tasks) or a normalised 2D image."""
+    return segmenter.segment_volume(case["volume"]) if "volume" in case else segmenter(case["image"][0], normalised=True)
+
+
+def case_truth(case: dict) -> np.ndarray:
+    """Reference class map of a data-set case, shaped like :func:`predict_case`'s output."""
+    return case["label"] if "volume" in case else case["label"][0]
+
+
+def _as_2d(task: SegmentationTask) -> SegmentationTask:
+    """The task seen as 2D (to validate a volume reshaped to 2D with :func:`check_input`)."""
+    from dataclasses import replace
+
+    return replace(task, spatial_dims=2)

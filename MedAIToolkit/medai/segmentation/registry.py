@@ -26,6 +26,10 @@ class SegmentationTask:
     network: dict = field(default_factory=dict)
     model_file: str = ""
     description: str = ""
+    slice_wise: bool = False  # a 2D network applied to every axial slice of a 3D volume
+    spacing_mm: float | None = None  # in-plane spacing slices are resampled to (slice-wise tasks)
+    window: tuple | None = None  # intensity clip (e.g. HU) before scaling to 0-1 ("window" normalisation)
+    flips: bool = True  # flips / 90-degree rotations are valid augmentations (not for left-right anatomy)
 
     @property
     def out_channels(self) -> int:
@@ -45,6 +49,23 @@ TASKS: dict[str, SegmentationTask] = {
         network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
         model_file="em-membranes.pt",
         description="ssTEM neuronal membranes (ISBI 2012 convention: 255 = cell interior, 0 = membrane)",
+    ),
+    "ct-liver": SegmentationTask(
+        name="ct-liver",
+        modality="CT",
+        spatial_dims=2,
+        in_channels=1,
+        labels={1: ("liver", (0.86, 0.55, 0.45))},
+        output_values={0: 0, 1: 1},
+        normalisation="window",
+        window=(-200.0, 300.0),
+        patch_size=(224, 224),
+        network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
+        model_file="ct-liver.pt",
+        description="liver on contrast CT, axial slices resampled to 1.5 mm, canonical LPS orientation",
+        slice_wise=True,
+        spacing_mm=1.5,
+        flips=False,
     ),
 }
 
