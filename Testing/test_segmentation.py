@@ -174,3 +174,30 @@ def test_cli_segments_a_volume_to_nifti_on_the_input_grid(tmp_path):
     assert labels.array.shape == ct.array.shape and labels.geometry.allclose(ct.geometry, 1e-4)
     assert set(np.unique(labels.array)) == {0, 1}
     assert 1000 < json.loads(result.stdout)["liver_ml"] < 3000
+
+
+def test_shipped_brain_model_reproduces_its_card_on_the_held_out_patient(data_dir):
+    from medai.segmentation.data import load_split
+    from medai.segmentation.inference import predict_case
+    from medai.segmentation.metrics import dice_iou
+
+    card = read_card("brain-tumor")
+    segmenter = Segmenter("brain-tumor")
+    (case,) = load_split("brain-tumor", "test")
+    prediction = predict_case(segmenter, case)
+    assert prediction.shape == case["volume"][0].array.shape
+    dice, _ = dice_iou(prediction, case["label"], 1)
+    assert abs(dice - card["held_out"]["per_case"][case["id"]]["tumour"]["dice"]) < 0.01
+
+
+def test_brain_task_needs_its_three_contrasts(data_dir, tmp_path):
+    from medai.io import read_volume
+
+    study = data_dir / "brain_mri/brain_tumor_progression/PGBM-003/19950329"
+    with pytest.raises(MedAIInputError, match=r"needs 3 input volume\(s\) \(FLAIRreg, T1post, T2reg\), got 1"):
+        Segmenter("brain-tumor").segment_volume(read_volume(str(study / "T1post")))
+    result = subprocess.run([sys.executable, "-m", "medai.cli", "segment", "--task", "brain-tumor", str(study),
+                             "--out", str(tmp_path / "tumour.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    labels = read_volume(str(tmp_path / "tumour.nii.gz"))
+    assert labels.geometry.allclose(read_volume(str(study / "FLAIRreg")).geometry, 1e-3)

@@ -40,13 +40,14 @@ def train_transforms(task, seed: int):
     """MONAI dictionary transforms: crops, flips, rotations, elastic deformation, intensity changes."""
     from monai.transforms import (
         Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandRotate90d,
-        RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
+        RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd, SpatialPadd,
     )
 
     keys = ["image", "label"]
     geometric = [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
                  RandRotate90d(keys, prob=0.5, max_k=3)] if task.flips else []
     transforms = Compose([
+        SpatialPadd(keys, spatial_size=task.patch_size),  # slices smaller than a patch: zero padding
         RandSpatialCropd(keys, roi_size=task.patch_size, random_size=False),
         *geometric,
         Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 3), prob=0.5, rotate_range=(np.pi / 12,),
@@ -61,11 +62,22 @@ def train_transforms(task, seed: int):
 
 
 def evaluate(task, model, cases, device) -> dict:
-    """Per-label Dice/IoU averaged over cases, with sliding-window inference on whole images."""
+    """Per-label Dice/IoU over all validation cases pooled (slices without a label then count through their
+    false positives, instead of scoring 1.0 each when empty), with sliding-window inference."""
     segmenter = Segmenter(task, device=str(device), state_dict=_unwrap(model).state_dict())
-    scores = [per_label_scores(segmenter(case["image"][0], normalised=True), case["label"][0], task.labels)
-              for case in cases]
-    return {name: {m: float(np.mean([s[name][m] for s in scores])) for m in ("dice", "iou")} for name in scores[0]}
+    predictions = np.concatenate([predict_case(segmenter, case).ravel() for case in cases])
+    truths = np.concatenate([case_truth(case).ravel() for case in cases])
+    return per_label_scores(predictions, truths, task.labels)
+
+
+def sample_batch(positives: list, n_cases: int, batch_size: int, positive_fraction: float | None) -> np.ndarray:
+    """Case indices of a batch; with ``positive_fraction``, that share comes from cases holding a label
+    (rare structures such as a tumour in a few slices), the rest uniformly from all cases."""
+    picks = np.random.randint(n_cases, size=batch_size)
+    if positive_fraction and positives:
+        chosen = np.random.rand(batch_size) < positive_fraction
+        picks[chosen] = np.random.choice(positives, size=int(chosen.sum()))
+    return picks
 
 
 def _unwrap(model):
@@ -98,7 +110,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     model = build_network(task).to(device)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=cfg.get("dice_include_background", True))
+    positives = [i for i, case in enumerate(train_cases) if case["label"].max() > 0]
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"],
                                                     total_steps=cfg["epochs"] * cfg["iterations_per_epoch"])
@@ -127,7 +140,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         bar = tqdm(range(cfg["iterations_per_epoch"]), desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                    disable=not progress or rank != 0, leave=False)
         for _ in bar:
-            picks = np.random.randint(len(train_cases), size=cfg["batch_size"])
+            picks = sample_batch(positives, len(train_cases), cfg["batch_size"], cfg.get("positive_fraction"))
             batch = [transforms({"image": train_cases[i]["image"], "label": train_cases[i]["label"]}) for i in picks]
             images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
             labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).long().to(device)

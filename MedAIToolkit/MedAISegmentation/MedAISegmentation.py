@@ -159,12 +159,13 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
         return load_volume_node(slicer.mrmlScene, path, name=name, series_uid=seriesUID)
 
     def segment(self, inputVolume, task: str = "em-membranes", device: str = "cpu", name: Optional[str] = None,
-                modelsFolder: Optional[str] = None, progress=None):
+                modelsFolder: Optional[str] = None, progress=None, channelVolumes=None):
         """Run a shipped task model on ``inputVolume`` -> NEW segmentation node on the input's geometry.
 
         The input node is never modified. Raises MedAIInputError / MedAIModelError naming the problem
         (wrong dimensionality, empty image, unknown task, missing or corrupted model file).
-        ``progress(fraction)`` is called during slice-wise 3D inference.
+        ``progress(fraction)`` is called during slice-wise 3D inference. Multi-channel tasks (brain-tumor:
+        FLAIR, T1post, T2) take ``inputVolume`` as the first channel and ``channelVolumes`` as the others.
         """
         import numpy as np
         from medai.errors import MedAIInputError
@@ -184,7 +185,11 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
                                       f"{image.shape[0]} slices")
             image = image[0]
         segmenter = Segmenter(spec, device=device, models_folder=modelsFolder)
-        classes = segmenter.segment_volume(volume, progress=progress) if spec.slice_wise else segmenter(image)
+        if spec.slice_wise:
+            volumes = [volume] + [node_to_volume(node) for node in (channelVolumes or [])]
+            classes = segmenter.segment_volume(volumes, progress=progress)
+        else:
+            classes = segmenter(image)
         labelmap = Volume(classes.reshape(volume.array.shape), volume.geometry)
         node = labelmap_to_segmentation(slicer.mrmlScene, labelmap, spec.labels,
                                         name or f"{inputVolume.GetName()} {task}", reference_node=inputVolume)

@@ -77,8 +77,9 @@ def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str) -> list[
         name = path.name.split(".")[0] or "volume"
         target = Path(out) if single else Path(out) / f"{name}_{segmenter.task.name}.nii.gz"
         try:
-            volume = read_volume(str(path))
-            classes = segmenter.segment_volume(volume)
+            volumes = read_channels(path, segmenter.task)
+            volume = volumes[0]
+            classes = segmenter.segment_volume(volumes)
         except MedAIInputError as exc:
             records.append({"path": str(path), "out": None, "error": str(exc)})
             continue
@@ -88,3 +89,21 @@ def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str) -> list[
                    for index, (name, _) in segmenter.task.labels.items()}
         records.append({"path": str(path), "out": str(target), "error": None, **volumes})
     return records
+
+
+def read_channels(path: Path, task) -> list:
+    """Input volumes of a task: the file/DICOM folder itself, or for multi-channel tasks one entry per
+    channel inside ``path`` (a sub-folder or volume file whose name starts with the channel name)."""
+    from ..io import read_volume
+
+    if task.in_channels == 1:
+        return [read_volume(str(path))]
+    if not path.is_dir():
+        raise MedAIInputError(f"{path}: task '{task.name}' needs a folder holding {', '.join(task.channels)}")
+    volumes = []
+    for channel in task.channels:
+        matches = sorted(p for p in path.iterdir() if p.name.split(".")[0] == channel)
+        if not matches:
+            raise MedAIInputError(f"{path}: no '{channel}' series or file (needs {', '.join(task.channels)})")
+        volumes.append(read_volume(str(matches[0])))
+    return volumes

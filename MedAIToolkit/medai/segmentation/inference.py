@@ -17,6 +17,13 @@ def normalise(image: np.ndarray, task: SegmentationTask) -> np.ndarray:
     if task.normalisation == "minmax":
         low, high = float(image.min()), float(image.max())
         return (image - low) / (high - low)
+    if task.normalisation == "zscore":  # per channel (first axis), statistics over non-zero voxels
+        out = np.empty_like(image)
+        for c in range(image.shape[0]):
+            values = image[c][image[c] != 0]
+            mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
+            out[c] = np.clip((image[c] - mean) / max(std, 1e-6), -5.0, 5.0)
+        return out
     if task.normalisation == "window":
         low, high = task.window
         return (np.clip(image, low, high) - low) / (high - low)
@@ -50,10 +57,14 @@ class Segmenter:
 
     @torch.inference_mode()
     def probabilities(self, image: np.ndarray, normalised: bool = False) -> torch.Tensor:
-        """(classes, *image.shape) softmax probabilities (``normalised``: the image is already network input)."""
-        check_input(image, self.task)
-        x = torch.from_numpy(image if normalised else normalise(image, self.task))[None, None].to(self.device)
-        roi = tuple(min(p, s) for p, s in zip(self.task.patch_size, image.shape))
+        """(classes, *spatial shape) softmax probabilities; multi-channel tasks take (C, *spatial) images.
+        ``normalised``: the image is already network input."""
+        multi = self.task.in_channels > 1
+        spatial = image[0] if multi else image
+        check_input(spatial, self.task)
+        x = torch.from_numpy(np.ascontiguousarray(image if normalised else normalise(image, self.task)))
+        x = (x[None] if multi else x[None, None]).to(self.device)
+        roi = tuple(self.task.patch_size)  # smaller images are padded by sliding_window_inference
         logits = sliding_window_inference(x, roi, sw_batch_size=4, predictor=self.model, overlap=0.25,
                                           mode="gaussian", padding_mode="reflect")
         return torch.softmax(logits[0], dim=0)
@@ -62,7 +73,7 @@ class Segmenter:
         return self.probabilities(image, normalised).argmax(0).to(torch.uint8).cpu().numpy()
 
     @torch.inference_mode()
-    def segment_volume(self, volume: Volume, batch_slices: int = 8, progress=None) -> np.ndarray:
+    def segment_volume(self, volume, batch_slices: int = 8, progress=None) -> np.ndarray:
         """Slice-wise task on a 3D volume -> uint8 class map ``[k, j, i]`` on the input's exact grid.
 
         The volume is resampled to the task's axial grid, each slice is segmented, and the class
@@ -71,11 +82,9 @@ class Segmenter:
         task = self.task
         if not task.slice_wise:
             raise MedAIInputError(f"task '{task.name}' is not a slice-wise volume task")
-        if volume.array.ndim != 3 or min(volume.array.shape) < 2:
-            raise MedAIInputError(f"task '{task.name}' needs a 3D volume, got shape {volume.array.shape}")
-        check_input(volume.array.reshape(volume.array.shape[0], -1), _as_2d(task), "input volume")
-        axial = resample_to_axial(volume, task.spacing_mm, "linear")
-        slices = torch.from_numpy(normalise(axial.array, task)[:, None].astype(np.float32))
+        axial_array, axial = axial_input(volume, task)
+        volume = volume[0] if isinstance(volume, (list, tuple)) else volume
+        slices = torch.from_numpy(np.moveaxis(normalise(axial_array, task), 0, 1).astype(np.float32))
         probabilities = np.empty((task.out_channels, *axial.array.shape), np.float32)
         for start in range(0, len(slices), batch_slices):
             x = slices[start:start + batch_slices].to(self.device)
@@ -95,14 +104,35 @@ class Segmenter:
         return lut[classes]
 
 
+def axial_input(volumes, task: SegmentationTask):
+    """(C, K, H, W) array of the task's channels on the canonical axial grid of the first, and that grid."""
+    volumes = list(volumes) if isinstance(volumes, (list, tuple)) else [volumes]
+    if len(volumes) != task.in_channels:
+        names = f" ({', '.join(task.channels)})" if task.channels else ""
+        raise MedAIInputError(f"task '{task.name}' needs {task.in_channels} input volume(s){names}, got {len(volumes)}")
+    for index, volume in enumerate(volumes):
+        if volume.array.ndim != 3 or min(volume.array.shape) < 2:
+            raise MedAIInputError(f"task '{task.name}' needs 3D volumes, input {index} has shape {volume.array.shape}")
+        check_input(volume.array.reshape(volume.array.shape[0], -1), _as_2d(task), f"input volume {index}")
+    axial = resample_to_axial(volumes[0], task.spacing_mm, "linear")
+    channels = [axial.array.astype(np.float32)]
+    for volume in volumes[1:]:
+        channels.append(resample_like(volume.array.astype(np.float32), volume.geometry, axial, "linear"))
+    return np.stack(channels), axial
+
+
 def predict_case(segmenter: Segmenter, case: dict) -> np.ndarray:
     """Class map of a data-set case: a whole 3D volume (slice-wise tasks) or a normalised 2D image."""
-    return segmenter.segment_volume(case["volume"]) if "volume" in case else segmenter(case["image"][0], normalised=True)
+    if "volume" in case:
+        return segmenter.segment_volume(case["volume"])
+    if segmenter.task.in_channels > 1:
+        return segmenter(case["image"], normalised=True)
+    return segmenter(case["image"][0], normalised=True)
 
 
 def case_truth(case: dict) -> np.ndarray:
     """Reference class map of a data-set case, shaped like :func:`predict_case`'s output."""
-    return case["label"] if "volume" in case else case["label"][0]
+    return case["label"] if "volume" in case else case["label"][0]  # (1, ...) -> (...)
 
 
 def _as_2d(task: SegmentationTask) -> SegmentationTask:

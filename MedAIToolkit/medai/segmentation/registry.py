@@ -30,6 +30,7 @@ class SegmentationTask:
     spacing_mm: float | None = None  # in-plane spacing slices are resampled to (slice-wise tasks)
     window: tuple | None = None  # intensity clip (e.g. HU) before scaling to 0-1 ("window" normalisation)
     flips: bool = True  # flips / 90-degree rotations are valid augmentations (not for left-right anatomy)
+    channels: tuple = ()  # names of the input contrasts, in network channel order (multi-channel tasks)
 
     @property
     def out_channels(self) -> int:
@@ -66,6 +67,23 @@ TASKS: dict[str, SegmentationTask] = {
         slice_wise=True,
         spacing_mm=1.5,
         flips=False,
+    ),
+    "brain-tumor": SegmentationTask(
+        name="brain-tumor",
+        modality="MR",
+        spatial_dims=2,
+        in_channels=3,
+        labels={1: ("tumour", (1.0, 0.85, 0.2))},
+        output_values={0: 0, 1: 1},
+        normalisation="zscore",
+        patch_size=(192, 192),
+        network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
+        model_file="brain-tumor.pt",
+        description="glioblastoma tumour mask on co-registered FLAIR + T1 post-contrast + T2 MRI, axial 1 mm slices",
+        slice_wise=True,
+        spacing_mm=1.0,
+        flips=True,
+        channels=("FLAIRreg", "T1post", "T2reg"),
     ),
 }
 
