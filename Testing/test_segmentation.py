@@ -23,10 +23,10 @@ sys.path.insert(0, str(REPO / "training"))
 def test_a_few_real_training_steps_reduce_the_loss(data_dir, chest_ct_path, tmp_path, task, extra):
     from train_segmentation import train
 
-    result = train(task, str(tmp_path), {"epochs": 4, "iterations_per_epoch": 3, "batch_size": 4,
+    result = train(task, str(tmp_path), {"epochs": 3, "iterations_per_epoch": 6, "batch_size": 4, "lr": 3e-3,
                                          "val_every": 100, "seed": 1, **extra}, progress=False)
-    assert result["losses"][-1] < 0.85 * result["losses"][0]
-    assert (tmp_path / "last.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 5
+    assert result["losses"][-1] < 0.9 * result["losses"][0], result["losses"]  # measured 0.81-0.83 (seeds 1, 2)
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 3
 
 
 def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
