@@ -194,8 +194,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         from medai.geometry import Geometry
         from medai_slicer import ijk_to_ras_of
 
-        k, j, i = (d - 1 for d in reversed(ctVolumeNode.GetImageData().GetDimensions()))
-        centre = Geometry.from_ijk_to_ras(ijk_to_ras_of(ctVolumeNode)).index_to_ras([i / 2, j / 2, k / 2])
+        shape_kji = tuple(reversed(ctVolumeNode.GetImageData().GetDimensions()))
+        centre = Geometry.from_ijk_to_ras(ijk_to_ras_of(ctVolumeNode)).centre_ras(shape_kji)
         return Pose.from_array(pose).matrix(centre)
 
     def generateDRR(self, ctVolumeNode, pose, carm=None, name: Optional[str] = None):

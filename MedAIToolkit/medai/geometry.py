@@ -86,6 +86,11 @@ class Geometry:
     def index_to_ras(self, ijk) -> np.ndarray:
         return self.index_to_lps(ijk) * np.array([-1.0, -1.0, 1.0])
 
+    def centre_ras(self, shape_kji) -> np.ndarray:
+        """RAS position of the centre of a ``shape_kji`` voxel grid (midway between the first and last voxel)."""
+        k, j, i = shape_kji
+        return self.index_to_ras([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2])
+
     def lps_to_index(self, points_lps) -> np.ndarray:
         """(..., 3) LPS points -> continuous (i, j, k) indices."""
         inv = np.linalg.inv(self.direction_lps @ np.diag(self.spacing_mm))

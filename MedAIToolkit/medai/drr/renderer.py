@@ -43,8 +43,7 @@ class PreparedCT:
 
     @property
     def centre_ras(self) -> np.ndarray:
-        k, j, i = self.shape_kji
-        return self.geometry.index_to_ras([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2])
+        return self.geometry.centre_ras(self.shape_kji)
 
     def planes(self, axis: int) -> torch.Tensor:
         """The volume as a batch of 2D slices along index axis ``axis``: (N, 1, Hs, Ws), cached."""
