@@ -4,9 +4,12 @@ Console use::
 
     logic = MedAIDiagnosisLogic()
     xray = logic.loadXRay("/path/to/image.dcm")   # DICOM CR/DX or PNG/JPEG/TIFF
+    result = logic.classify(xray, "pneumonia")    # or "covid"
+    print(result.report)                          # result.table, result.heatmap: NEW nodes
 """
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import slicer
@@ -20,7 +23,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 
 #
 # MedAIDiagnosis
@@ -38,7 +41,26 @@ class MedAIDiagnosis(ScriptedLoadableModule):
             "Chest X-ray classification (normal / pneumonia; COVID / normal / other pneumonia) with calibrated "
             "probabilities and a heat map of where the evidence lies. Radiographs load as a coronal plane."
         )
-        self.parent.acknowledgementText = _("Sample X-rays: Kermany et al. 2018 (CC BY 4.0).")
+        self.parent.acknowledgementText = _("Sample X-rays: Kermany et al. 2018 (CC BY 4.0); ieee8023 COVID-19 image "
+                                            "data collection, Cohen et al. 2020 (image licence CC BY 3.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register a bundled chest X-ray (grey JPEG, COVID-19, a held-out patient) with the Sample Data module."""
+    import SampleData
+    from medai.samples import sample_path
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedAIToolkit",
+        sampleName="MedAIChestXRayCOVID",
+        thumbnailFileName=os.path.join(iconsPath, "MedAIDiagnosis.png"),
+        uris="file://" + sample_path("xray_covid"),
+        fileNames="MedAIChestXRayCOVID.jpg",
+        nodeNames="MedAIChestXRayCOVID",
+        loadFileType="VolumeFile",
+    )
 
 
 #
@@ -48,9 +70,13 @@ class MedAIDiagnosis(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class MedAIDiagnosisParameterNode:
-    """GUI state: the X-ray being read."""
+    """GUI state: the X-ray being read, the task, and the last result's nodes."""
 
     inputXRay: vtkMRMLScalarVolumeNode
+    task: str = "pneumonia"
+    device: str = "cpu"
+    outputTable: vtkMRMLTableNode
+    outputHeatmap: vtkMRMLScalarVolumeNode
 
 
 #
@@ -77,6 +103,7 @@ class MedAIDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadXRayButton.connect("clicked(bool)", self.onLoadXRay)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -111,10 +138,30 @@ class MedAIDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.inputXRay = self.logic.loadXRay(path)
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputXRay, fit=True)
 
+    def onApply(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Classification failed."), waitCursor=True):
+            result = self.logic.classify(p.inputXRay, p.task, p.device)
+            p.outputTable, p.outputHeatmap = result.table, result.heatmap
+            self.ui.reportTextEdit.setPlainText(result.report)
+            self.logic.showHeatmap(p.inputXRay, result.heatmap)
+
 
 #
 # MedAIDiagnosisLogic
 #
+
+
+@dataclass
+class DiagnosisResult:
+    """What ``classify`` made: NEW nodes plus the numbers behind them."""
+
+    prediction: str
+    probabilities: dict
+    table: object  # vtkMRMLTableNode
+    heatmap: object  # vtkMRMLScalarVolumeNode (None when not asked for)
+    reportNode: object  # vtkMRMLTextNode
+    report: str
 
 
 class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
@@ -134,6 +181,48 @@ class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
         logging.info(f"Loaded X-ray '{node.GetName()}' from {path}")
         return node
 
+    def classify(self, inputXRay, task: str = "pneumonia", device: str = "cpu", heatmap: bool = True,
+                 modelsFolder: Optional[str] = None) -> DiagnosisResult:
+        """Classify a one-slice X-ray volume node with a shipped model (calibrated probabilities).
+
+        Creates NEW nodes: a table (class, probability), the Grad-CAM heat map on the X-ray's grid, and a
+        text report. The input node is never modified. Raises MedAIInputError / MedAIModelError naming the
+        problem (a CT volume instead of an X-ray, an empty image, unknown task, missing/corrupted model).
+        """
+        import numpy as np
+        from medai.diagnosis.batch import report_text
+        from medai.diagnosis.inference import Classifier
+        from medai.diagnosis.preprocess import check_xray_array
+        from medai.errors import MedAIInputError
+        from medai_slicer import node_to_volume
+        from medai_slicer.diagnosis_nodes import add_heatmap_node, add_probability_table, add_report_node
+
+        if inputXRay is None:
+            raise MedAIInputError("no input X-ray selected")
+        volume = node_to_volume(inputXRay)
+        name = inputXRay.GetName()
+        image = check_xray_array(volume.array, f"volume '{name}'")
+        classifier = Classifier(task, device=device, models_folder=modelsFolder)
+        probabilities = classifier.probabilities([image], [name])[0]
+        k = int(np.argmax(probabilities))
+        prediction = classifier.classes[k]
+        scene = slicer.mrmlScene
+        table = add_probability_table(scene, classifier.classes, probabilities, f"{name} {task} probabilities", prediction)
+        heat_node = None
+        if heatmap:
+            heat = classifier.heatmap(image, k, name)
+            heat_node = add_heatmap_node(scene, heat, volume, f"{name} {task} heat map ({prediction})")
+        report = report_text(classifier.classes, probabilities, name, classifier.task.description, classifier.temperature)
+        report_node = add_report_node(scene, report, f"{name} {task} report")
+        logging.info(report)
+        return DiagnosisResult(prediction, dict(zip(classifier.classes, map(float, probabilities))), table, heat_node,
+                               report_node, report)
+
+    def showHeatmap(self, xrayNode, heatmapNode, opacity: float = 0.4) -> None:
+        """X-ray in the background, heat map as a coloured foreground overlay in the slice views."""
+        slicer.util.setSliceViewerLayers(background=xrayNode, foreground=heatmapNode, foregroundOpacity=opacity,
+                                         fit=True)
+
 
 #
 # MedAIDiagnosisTest
@@ -149,6 +238,7 @@ class MedAIDiagnosisTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_loadXRay_16bit()
+        self.test_classify_makes_new_nodes()
 
     def test_loadXRay_16bit(self):
         import tempfile
@@ -166,4 +256,23 @@ class MedAIDiagnosisTest(ScriptedLoadableModuleTest):
         self.assertEqual(array.shape, (1, 40, 30))
         np.testing.assert_array_equal(array[0], pixels.astype(np.float32))
         self.assertEqual(node.GetAttribute("MedAI.kind"), "xray")
+        self.delayDisplay("Test passed")
+
+    def test_classify_makes_new_nodes(self):
+        import numpy as np
+
+        from medai.samples import sample_path
+
+        self.delayDisplay("Classifying a bundled chest X-ray")
+        logic = MedAIDiagnosisLogic()
+        xray = logic.loadXRay(str(sample_path("xray_pneumonia_1")))
+        before = slicer.util.arrayFromVolume(xray).copy()
+        result = logic.classify(xray, "pneumonia")
+        self.assertEqual(result.table.GetNumberOfRows(), 2)
+        self.assertAlmostEqual(sum(result.probabilities.values()), 1.0, places=5)
+        heat = slicer.util.arrayFromVolume(result.heatmap)
+        self.assertEqual(heat.shape, before.shape)
+        self.assertTrue(0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0.5)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(xray), before)
+        self.assertIn(result.prediction, result.report)
         self.delayDisplay("Test passed")

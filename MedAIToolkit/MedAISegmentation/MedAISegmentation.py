@@ -55,6 +55,8 @@ class MedAISegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     task: str = "em-membranes"
     device: str = "cpu"
+    secondContrastVolume: vtkMRMLScalarVolumeNode  # multi-channel tasks (brain-tumor: T1post)
+    thirdContrastVolume: vtkMRMLScalarVolumeNode  # (brain-tumor: T2)
 
 
 #
@@ -133,7 +135,9 @@ class MedAISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                     raise RuntimeError(_("Segmentation cancelled; no node was created."))
 
             try:
-                p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device, progress=onProgress)
+                channels = [v for v in (p.secondContrastVolume, p.thirdContrastVolume) if v is not None]
+                p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device, progress=onProgress,
+                                                          channelVolumes=channels or None)
             finally:
                 dialog.close()
 

@@ -85,13 +85,29 @@ def _cmd_segment(args) -> int:
     from .segmentation.batch import segment_files
     from .segmentation.inference import Segmenter
 
-    records = segment_files(Segmenter(args.task, device=args.device), args.inputs, args.out)
+    records = segment_files(Segmenter(args.task, device=args.device), args.inputs, args.out, args.seg_nrrd)
     failed = [r for r in records if r["error"]]
     for record in records:
         if record["error"]:
             print(f"medai segment: error: {record['error']}", file=sys.stderr)
         else:
             print(json.dumps(record))
+    return 2 if failed else 0
+
+
+def _cmd_diagnose(args) -> int:
+    from .diagnosis.batch import diagnose_files
+    from .diagnosis.inference import Classifier
+
+    rows = diagnose_files(Classifier(args.task, device=args.device), args.inputs, args.csv, args.heatmaps)
+    failed = [r for r in rows if r["error"]]
+    for row in rows:
+        if row["error"]:
+            print(f"medai diagnose: error: {row['error']}", file=sys.stderr)
+        elif not args.csv:
+            print(json.dumps(row))
+    if args.csv:
+        print(f"medai diagnose: {len(rows) - len(failed)} of {len(rows)} images classified -> {args.csv}")
     return 2 if failed else 0
 
 
@@ -143,9 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     segment = sub.add_parser("segment", help="segment images with a shipped task model")
     segment.add_argument("--task", required=True, help="task name (see medai.segmentation.registry)")
     segment.add_argument("inputs", nargs="+", help="image files or folders")
-    segment.add_argument("--out", required=True, help="output .png (one input) or folder")
+    segment.add_argument("--out", required=True,
+                         help="output: .png (one 2D input), .seg.nrrd/.nii.gz/.nrrd (one 3D input) or a folder")
+    segment.add_argument("--seg-nrrd", action="store_true",
+                         help="3D inputs into a folder: write Slicer .seg.nrrd segmentations (default .nii.gz label maps)")
     segment.add_argument("--device", default="cpu")
     segment.set_defaults(func=_cmd_segment)
+
+    diagnose = sub.add_parser("diagnose", help="classify chest X-rays with a shipped task model (calibrated)")
+    diagnose.add_argument("--task", required=True, help="pneumonia or covid (see medai.diagnosis.registry)")
+    diagnose.add_argument("inputs", nargs="+", help="DICOM/PNG/JPEG files or folders (searched recursively)")
+    diagnose.add_argument("--csv", help="write path,prediction,p_<CLASS>...,error rows here (else JSON lines)")
+    diagnose.add_argument("--heatmaps", metavar="DIR", help="write Grad-CAM overlays <name>_heatmap.png here")
+    diagnose.add_argument("--device", default="cpu")
+    diagnose.set_defaults(func=_cmd_diagnose)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled samples and write results to --out")
     demo.add_argument("--out", default="medai-demo-output", help="output folder (created)")

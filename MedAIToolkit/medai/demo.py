@@ -124,6 +124,50 @@ def _segmentation_stage(out_dir: str) -> dict:
             "card_held_out_dice": segmenter.card.get("held_out", {}).get("mean")}
 
 
+DIAGNOSIS_SAMPLES = {"xray_normal_1": "pneumonia", "xray_pneumonia_1": "pneumonia", "xray_covid": "covid"}
+
+
+def _diagnosis_stage(out_dir: str) -> dict:
+    """Shipped chest X-ray classifiers on bundled X-rays: calibrated probabilities, Grad-CAM overlays, a CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .diagnosis.batch import diagnose_files, overlay_rgb
+    from .diagnosis.inference import Classifier
+    from .errors import MedAIModelError
+
+    results, panels = {}, []
+    for name, task in DIAGNOSIS_SAMPLES.items():
+        try:
+            classifier = Classifier(task)
+        except MedAIModelError as exc:
+            results[name] = {"skipped": str(exc)}
+            continue
+        start = time.perf_counter()
+        row = diagnose_files(classifier, [sample_path(name)], os.path.join(out_dir, f"diagnosis_{name}.csv"))[0]
+        image = read_xray(sample_path(name)).array
+        heat = classifier.heatmap(image, classifier.classes.index(row["prediction"]))
+        results[name] = {"task": task, "prediction": row["prediction"], "seconds": round(time.perf_counter() - start, 3),
+                         **{k: float(v) for k, v in row.items() if k.startswith("p_")},
+                         "card_held_out_accuracy": classifier.card["held_out_test"]["accuracy"]}
+        panels.append((f"{name} — {task}: {row['prediction']} ({max(float(v) for k, v in row.items() if k.startswith('p_')):.0%})",
+                       overlay_rgb(image, heat)))
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9))
+        for ax, (title, rgb) in zip(np.atleast_1d(axes), panels):
+            ax.imshow(rgb)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+        fig.suptitle("Grad-CAM evidence of the predicted class (calibrated probabilities)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "diagnosis.png"), dpi=100)
+        plt.close(fig)
+        results["figure"] = "diagnosis.png"
+    return results
+
+
 def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     """Run every stage available on the bundled samples; returns the summary written to summary.json."""
     os.makedirs(out_dir, exist_ok=True)
@@ -149,6 +193,9 @@ def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     summary["liver_model"], predicted_liver = _liver_stage(ct, liver)
     if summary["segmentation"].get("figure"):
         summary["outputs"]["em_segmentation"] = summary["segmentation"]["figure"]
+    summary["diagnosis"] = _diagnosis_stage(out_dir)
+    if summary["diagnosis"].get("figure"):
+        summary["outputs"]["diagnosis"] = summary["diagnosis"]["figure"]
 
     if with_scene:
         summary["outputs"]["scene"] = _write_scene(ct, liver, out_dir, predicted_liver)
@@ -158,6 +205,30 @@ def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     print(f"medai demo: wrote {', '.join(summary['outputs'].values())} and summary.json to {out_dir} "
           f"in {summary['seconds']} s")
     return summary
+
+
+def _add_diagnosis_nodes(scene, xray_node) -> None:
+    """The covid classifier's probability table, heat-map volume and report next to the X-ray in the scene."""
+    from medai_slicer import node_to_volume
+    from medai_slicer.diagnosis_nodes import add_heatmap_node, add_probability_table, add_report_node
+
+    from .diagnosis.batch import report_text
+    from .diagnosis.inference import Classifier
+    from .errors import MedAIModelError
+
+    try:
+        classifier = Classifier("covid")
+    except MedAIModelError:
+        return
+    volume = node_to_volume(xray_node)
+    image = volume.array[0]
+    probabilities = classifier.probabilities([image])[0]
+    k = int(np.argmax(probabilities))
+    name = xray_node.GetName()
+    add_probability_table(scene, classifier.classes, probabilities, f"{name} covid probabilities", classifier.classes[k])
+    add_heatmap_node(scene, classifier.heatmap(image, k), volume, f"{name} covid heat map")
+    add_report_node(scene, report_text(classifier.classes, probabilities, name, classifier.task.description,
+                                       classifier.temperature), f"{name} covid report")
 
 
 def _liver_stage(ct, liver):
@@ -195,7 +266,8 @@ def _write_scene(ct, liver, out_dir: str, predicted_liver=None) -> str:
 
         labelmap_to_segmentation(scene, Volume(predicted_liver, ct.geometry), {1: ("liver (ct-liver model)",
                                  (0.3, 0.8, 0.4))}, "MedAIAbdomenCT ct-liver model", ct_node)
-    load_xray_node(scene, sample_path("xray_pneumonia_1"), "MedAIChestXRay")
+    xray_node = load_xray_node(scene, sample_path("xray_covid"), "MedAIChestXRayCOVID")
+    _add_diagnosis_nodes(scene, xray_node)
     from medai_slicer.drr_nodes import add_drr_nodes
 
     from .drr import CArmGeometry, Pose

@@ -11,6 +11,7 @@ SAMPLES = {
     "xray_pneumonia_1": "xray_kermany_bacteria_person1136_3078.jpeg",
     "xray_normal_2": "xray_kermany_normal_2.jpeg",
     "xray_pneumonia_2": "xray_kermany_virus_2.jpeg",
+    "xray_covid": "xray_ieee8023_covid_d9d6ca9a.jpg",
     "em_slice": "em_isbi2012_test_slice.png",
 }
 

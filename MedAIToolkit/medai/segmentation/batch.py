@@ -34,7 +34,7 @@ def read_2d(path: Path) -> np.ndarray:
     return read_xray(str(path)).array
 
 
-def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
+def segment_files(segmenter: Segmenter, inputs, out: str, seg_nrrd: bool = False) -> list[dict]:
     """Segment every input; write ``out`` (a file for one input, else a folder of ``<name>_seg.png``).
 
     Returns one record per input: {"path", "out", "error", and per-label pixel fractions}.
@@ -42,7 +42,7 @@ def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
     from PIL import Image
 
     if segmenter.task.slice_wise:
-        return _segment_volumes(segmenter, _inputs(inputs, volumes=True), out)
+        return _segment_volumes(segmenter, _inputs(inputs, volumes=True), out, seg_nrrd)
     files = _inputs(inputs)
     single = len(files) == 1 and Path(out).suffix.lower() == ".png"
     if not single:
@@ -62,20 +62,24 @@ def segment_files(segmenter: Segmenter, inputs, out: str) -> list[dict]:
     return records
 
 
-VOLUME_OUTPUTS = (".nii.gz", ".nii", ".nrrd")
+VOLUME_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
 
 
-def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str) -> list[dict]:
-    """3D inputs (DICOM folders, NIfTI, NRRD) -> label volumes on the input grid (values as in the registry)."""
+def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str, seg_nrrd: bool = False) -> list[dict]:
+    """3D inputs (DICOM folders, NIfTI, NRRD) -> label volumes on the input grid (values as in the registry):
+    ``.nii.gz``/``.nrrd`` label maps, or Slicer ``.seg.nrrd`` segmentations with named, coloured segments."""
     from ..io import Volume, read_volume, write_volume
+
+    from .labels import write_seg_nrrd
 
     single = len(files) == 1 and str(out).lower().endswith(VOLUME_OUTPUTS)
     if not single:
         os.makedirs(out, exist_ok=True)
+    suffix = ".seg.nrrd" if str(out).lower().endswith(".seg.nrrd") or seg_nrrd else ".nii.gz"
     records = []
     for path in files:
         name = path.name.split(".")[0] or "volume"
-        target = Path(out) if single else Path(out) / f"{name}_{segmenter.task.name}.nii.gz"
+        target = Path(out) if single else Path(out) / f"{name}_{segmenter.task.name}{suffix}"
         try:
             volumes = read_channels(path, segmenter.task)
             volume = volumes[0]
@@ -83,7 +87,10 @@ def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str) -> list[
         except MedAIInputError as exc:
             records.append({"path": str(path), "out": None, "error": str(exc)})
             continue
-        write_volume(Volume(segmenter.to_output_values(classes), volume.geometry), str(target))
+        if str(target).lower().endswith(".seg.nrrd"):
+            write_seg_nrrd(classes, volume.geometry, segmenter.task.labels, segmenter.task.output_values, str(target))
+        else:
+            write_volume(Volume(segmenter.to_output_values(classes), volume.geometry), str(target))
         voxel_ml = float(np.prod(volume.geometry.spacing_mm)) / 1000.0
         volumes = {f"{name}_ml": round(float((classes == index).sum()) * voxel_ml, 1)
                    for index, (name, _) in segmenter.task.labels.items()}

@@ -1,0 +1,133 @@
+"""Chest X-ray records of the diagnosis tasks, read from ``../shared/data/chest_xray/labels.csv``.
+
+Splits are by patient: every image of a group (``source`` + ``patient_id``) lands in one split, chosen by a
+hash of the group key, so a patient is in the same split for every task (one task's model can initialise the
+other's without seeing its test patients). The COVID-19 Radiography set has no patient ids: its images are
+split one by one (stated in the model cards).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import MedAIInputError
+from ..io import read_xray
+from ..paths import shared_data
+from .preprocess import preprocess
+from .registry import DiagnosisTask
+
+SPLIT_FRACTIONS = {"test": 0.20, "val": 0.15}  # the rest trains
+SPLIT_SALT = "medai-cxr-2026"
+
+# label in labels.csv -> class, per task
+LABEL_MAPS = {
+    "pneumonia": {"NORMAL": "NORMAL", "PNEUMONIA_BACTERIAL": "PNEUMONIA", "PNEUMONIA_VIRAL": "PNEUMONIA"},
+    "covid": {"COVID": "COVID", "NORMAL": "NORMAL", "PNEUMONIA_BACTERIAL": "OTHER_PNEUMONIA",
+              "PNEUMONIA_VIRAL": "OTHER_PNEUMONIA", "PNEUMONIA_FUNGAL": "OTHER_PNEUMONIA",
+              "PNEUMONIA_UNSPECIFIED": "OTHER_PNEUMONIA"},
+}
+TASK_SOURCES = {
+    "pneumonia": ("kermany_224",),
+    # Kermany normals are included with the adult RSNA normals so that "child" does not mean "pneumonia".
+    "covid": ("kermany_224", "covid19_radiography_224", "ieee8023_covid_subset_512"),
+}
+AGE_GROUP = {"kermany_224": "pediatric", "covid19_radiography_224": "adult", "ieee8023_covid_subset_512": "adult"}
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # relative to the chest_xray folder
+    label: str  # class of the task
+    raw_label: str  # label in labels.csv
+    source: str
+    group: str  # patient grouping key (source/patient, or source/path when the source has no ids)
+    lung_boxes: tuple = ()  # ((x, y, w, h), ...) in pixels of the stored image (ieee8023 only)
+
+    @property
+    def age_group(self) -> str:
+        return AGE_GROUP.get(self.source, "unknown")
+
+
+def split_of(group: str) -> str:
+    """'train', 'val' or 'test' for a patient group (stable hash, independent of the task and file order)."""
+    u = int(hashlib.sha256(f"{SPLIT_SALT}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if u < SPLIT_FRACTIONS["test"]:
+        return "test"
+    if u < SPLIT_FRACTIONS["test"] + SPLIT_FRACTIONS["val"]:
+        return "val"
+    return "train"
+
+
+def _boxes(row) -> tuple:
+    boxes = []
+    for key in ("right_lung_bbox_xywh", "left_lung_bbox_xywh"):
+        text = (row.get(key) or "").strip()
+        if text:
+            boxes.append(tuple(float(v) for v in text.replace(",", " ").split()))
+    return tuple(boxes)
+
+
+def records(task: DiagnosisTask, split: str | None = None) -> list[Record]:
+    """Records of a task (optionally one split), in labels.csv order."""
+    root = shared_data("chest_xray")
+    mapping, sources = LABEL_MAPS[task.name], TASK_SOURCES[task.name]
+    out = []
+    with open(root / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["source"] not in sources or row["label"] not in mapping:
+                continue
+            pid = row["patient_id"].strip()
+            group = f"{row['source']}/{pid}" if pid else f"{row['source']}/{row['path']}"
+            rec = Record(row["path"], mapping[row["label"]], row["label"], row["source"], group, _boxes(row))
+            if split is None or split_of(group) == split:
+                out.append(rec)
+    if not out:
+        raise MedAIInputError(f"no chest X-rays found for task '{task.name}' split '{split}' in {root}")
+    return out
+
+
+def load_images(recs: list[Record], size: int, progress: bool = True) -> torch.Tensor:
+    """(N, 1, size, size) network inputs of the records."""
+    root = shared_data("chest_xray")
+    items = tqdm(recs, desc=f"reading {len(recs)} X-rays", disable=not progress, leave=False)
+    return torch.stack([preprocess(read_xray(str(root / r.path)).array, size, r.path) for r in items])
+
+
+def labels_tensor(recs: list[Record], task: DiagnosisTask) -> torch.Tensor:
+    return torch.tensor([task.classes.index(r.label) for r in recs], dtype=torch.long)
+
+
+def describe_split(task: DiagnosisTask) -> dict:
+    """Counts per split, class and source (for the model card)."""
+    table: dict = {}
+    for rec in records(task):
+        split = split_of(rec.group)
+        entry = table.setdefault(split, {"images": 0, "patients": set(), "classes": {}, "sources": {}})
+        entry["images"] += 1
+        entry["patients"].add(rec.group)
+        entry["classes"][rec.label] = entry["classes"].get(rec.label, 0) + 1
+        entry["sources"][rec.source] = entry["sources"].get(rec.source, 0) + 1
+    for entry in table.values():
+        entry["patients"] = len(entry["patients"])
+    return table
+
+
+def check_no_patient_overlap(task: DiagnosisTask) -> None:
+    seen: dict = {}
+    for rec in records(task):
+        split = split_of(rec.group)
+        if seen.setdefault(rec.group, split) != split:
+            raise AssertionError(f"patient {rec.group} in two splits")
+
+
+def lung_mask(rec: Record, shape) -> np.ndarray:
+    """Boolean mask of the union of the record's lung boxes on an image of ``shape``."""
+    mask = np.zeros(shape, dtype=bool)
+    for x, y, w, h in rec.lung_boxes:
+        mask[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))] = True
+    return mask

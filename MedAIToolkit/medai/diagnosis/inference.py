@@ -1,0 +1,79 @@
+"""Calibrated chest X-ray classification and Grad-CAM evidence heat maps with a shipped (checksummed) model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MedAIModelError
+from ..models import load_state
+from .networks import build_classifier, gradcam_layer
+from .preprocess import check_xray_array, preprocess
+from .registry import DiagnosisTask, get_task
+
+
+class Classifier:
+    """A task's classifier: probabilities are ``softmax(logits / T)`` with the card's temperature ``T``.
+
+    ``state_dict``/``card`` bypass the shipped model (training and tests); otherwise the model file is read from
+    ``models_folder`` (default Resources/Models) after its SHA-256 is checked against the card.
+    """
+
+    def __init__(self, task: str | DiagnosisTask, device: str = "cpu", models_folder=None,
+                 state_dict: dict | None = None, card: dict | None = None):
+        self.task = get_task(task) if isinstance(task, str) else task
+        if state_dict is None:
+            state_dict, card = load_state(self.task.name, models_folder)
+        self.card = card or {}
+        self.network_spec = self.card.get("network", self.task.network)
+        self.image_size = int(self.card.get("image_size", self.task.image_size))
+        self.temperature = float(self.card.get("temperature", 1.0))
+        classes = tuple(self.card.get("classes", self.task.classes))
+        if classes != tuple(self.task.classes):
+            raise MedAIModelError(f"model card classes {classes} do not match task '{self.task.name}' {self.task.classes}")
+        self.device = torch.device(device)
+        self.model = build_classifier(self.network_spec, self.task.num_classes)
+        try:
+            self.model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise MedAIModelError(f"model for task '{self.task.name}' does not fit its network "
+                                  f"{self.network_spec.get('name')}: {exc}") from exc
+        self.model.to(self.device).eval()
+
+    @property
+    def classes(self) -> tuple:
+        return self.task.classes
+
+    def inputs(self, arrays, names=None) -> torch.Tensor:
+        names = names or [f"image {i}" for i in range(len(arrays))]
+        return torch.stack([preprocess(a, self.image_size, n) for a, n in zip(arrays, names)])
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Raw logits of preprocessed inputs ``(N, 1, S, S)``."""
+        parts = [self.model(batch[i:i + chunk].to(self.device)).float().cpu() for i in range(0, len(batch), chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.task.num_classes)
+
+    def probabilities(self, arrays, names=None, calibrated: bool = True) -> np.ndarray:
+        """(N, classes) probabilities of 2D X-ray arrays (any size, bit depth)."""
+        logits = self.logits(self.inputs(arrays, names))
+        return F.softmax(logits / (self.temperature if calibrated else 1.0), dim=1).numpy()
+
+    def heatmap(self, array: np.ndarray, class_index: int | None = None, name: str = "image") -> np.ndarray:
+        """Grad-CAM (MONAI) of ``class_index`` (default: the predicted class) on the image's own pixel grid, 0-1."""
+        from monai.visualize import GradCAM
+
+        array = check_xray_array(array, name)
+        x = preprocess(array, self.image_size, name)[None].to(self.device)
+        cam = GradCAM(nn_module=self.model, target_layers=gradcam_layer(self.network_spec))
+        with torch.enable_grad():
+            result = cam(x, class_idx=class_index)  # (1, 1, S, S), normalised to 0-1
+        result = result.detach().float().cpu()
+        full = F.interpolate(result, size=array.shape, mode="bilinear", align_corners=False)[0, 0]
+        return full.clamp_(0.0, 1.0).numpy().astype(np.float32)
+
+
+def heat_mass_inside(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of a heat map's mass inside a mask."""
+    total = float(heat.sum())
+    return float(heat[mask].sum() / total) if total > 0 else float("nan")

@@ -1,0 +1,186 @@
+"""Chest X-ray diagnosis on real data: patient-level splits, training, shipped models vs their cards,
+bit-depth/photometric invariance, heat maps, the `medai diagnose` batch command, the Slicer Logic, bad input."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+
+from medai.diagnosis.data import records, split_of
+from medai.diagnosis.inference import Classifier
+from medai.diagnosis.registry import TASKS
+from medai.errors import MedAIInputError, MedAIModelError
+from medai.io import read_xray
+from medai.io.dicom_write import write_xray_dicom
+from medai.models import read_card
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+KERMANY_NORMAL = "chest_xray/kermany_224/NORMAL/IM-0448-0001.jpeg"
+KERMANY_PNEUMONIA = "chest_xray/kermany_224/PNEUMONIA_BACTERIAL/person1136_bacteria_3078.jpeg"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_splits_are_by_patient_and_hold_every_class(data_dir, task):
+    recs = records(TASKS[task])
+    split_by_group = {}
+    for rec in recs:
+        assert split_by_group.setdefault(rec.group, split_of(rec.group)) == split_of(rec.group)
+    for split in ("train", "val", "test"):
+        labels = {r.label for r in recs if split_of(r.group) == split}
+        assert labels == set(TASKS[task].classes), (split, labels)
+    # Kermany children with several images exist, and none of them crosses splits
+    multi = [g for g in split_by_group if sum(r.group == g for r in recs) > 1]
+    assert len(multi) > 100
+
+
+def test_same_patient_same_split_in_both_tasks(data_dir):
+    pneumonia = {r.group: split_of(r.group) for r in records(TASKS["pneumonia"])}
+    covid = {r.group: split_of(r.group) for r in records(TASKS["covid"])}
+    shared = set(pneumonia) & set(covid)
+    assert len(shared) > 400 and all(pneumonia[g] == covid[g] for g in shared)
+
+
+def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
+    from train_diagnosis import train
+
+    best = train("pneumonia", str(tmp_path), {"epochs": 4, "steps_per_epoch": 8, "batch_size": 16, "lr": 2e-3,
+                                              "seed": 3, "min_epochs": 99}, progress=False)
+    losses = best["train_losses"]
+    assert len(losses) == 4 and losses[-1] < 0.85 * losses[0], losses
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 4
+
+
+def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(REPO / "training" / "train_diagnosis.py"), "--task", "pneumonia", "--config", str(config),
+         "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[3] != ""  # rank 0 validated and logged the epoch
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_shipped_model_reproduces_its_card(data_dir, task):
+    from medai.diagnosis.evaluation import evaluate_split
+
+    card = read_card(task)
+    report = evaluate_split(Classifier(task), "test")
+    assert report["n"] == card["held_out_test"]["n"]
+    assert abs(report["accuracy"] - card["held_out_test"]["accuracy"]) <= 0.01
+    assert abs(report["auc_macro"] - card["held_out_test"]["auc_macro"]) <= 0.01
+
+
+def test_8bit_png_16bit_dicom_and_monochrome1_give_the_same_answer(data_dir, tmp_path):
+    image = read_xray(str(data_dir / KERMANY_PNEUMONIA)).array
+    stored16 = (image.astype(np.float64) * 257).astype(np.uint16)  # same picture, 16-bit range
+    write_xray_dicom(tmp_path / "dx16.dcm", stored16, (0.14, 0.14), "DX", bits=16)
+    write_xray_dicom(tmp_path / "cr_mono1.dcm", 65535 - stored16, (0.14, 0.14), "CR", photometric="MONOCHROME1", bits=16)
+    classifier = Classifier("pneumonia")
+    arrays = [image] + [read_xray(str(tmp_path / n)).array for n in ("dx16.dcm", "cr_mono1.dcm")]
+    probabilities = classifier.probabilities(arrays)
+    np.testing.assert_allclose(probabilities[1:], probabilities[[0, 0]], atol=2e-3)
+    inverted = classifier.probabilities([image.max() - image])[0]  # a MONOCHROME1 read WITHOUT inversion
+    assert abs(inverted[1] - probabilities[0][1]) > 1e-3  # ... would change the answer: the inversion matters
+
+
+def test_heatmap_is_on_the_image_grid_and_mostly_in_the_lungs(data_dir):
+    from medai.diagnosis.data import lung_mask
+    from medai.diagnosis.inference import heat_mass_inside
+
+    boxed = [r for r in records(TASKS["covid"], "test") if r.lung_boxes][:4]
+    classifier = Classifier("covid")
+    for rec in boxed:
+        image = read_xray(str(data_dir / "chest_xray" / rec.path)).array
+        heat = classifier.heatmap(image)
+        assert heat.shape == image.shape and heat.dtype == np.float32
+        assert 0.0 <= heat.min() and heat.max() == pytest.approx(1.0, abs=1e-3)
+        assert 0.0 <= heat_mass_inside(heat, lung_mask(rec, heat.shape)) <= 1.0
+
+
+def test_cli_diagnose_batch_csv_heatmaps_and_errors_per_file(data_dir, tmp_path):
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a_normal.jpeg").write_bytes((data_dir / KERMANY_NORMAL).read_bytes())
+    (folder / "sub" / "b_pneumonia.jpeg").write_bytes((data_dir / KERMANY_PNEUMONIA).read_bytes())
+    (folder / "c_truncated.jpeg").write_bytes((data_dir / KERMANY_NORMAL).read_bytes()[:300])
+    from PIL import Image
+
+    photo = np.zeros((64, 64, 3), np.uint8)
+    photo[..., 0] = 200  # a red photograph
+    Image.fromarray(photo).save(folder / "d_photo.png")
+    ct_slice = data_dir / "ct_dicom/3Dircadb1.17/PATIENT_DICOM/image_0"
+    out_csv, heat_dir = tmp_path / "out" / "results.csv", tmp_path / "heat"
+    result = subprocess.run([sys.executable, "-m", "medai.cli", "diagnose", "--task", "pneumonia", str(folder),
+                             str(ct_slice), "--csv", str(out_csv), "--heatmaps", str(heat_dir)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2  # some files failed ...
+    rows = list(csv.DictReader(open(out_csv)))
+    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "error"]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert len(rows) == 5
+    for name in ("a_normal.jpeg", "b_pneumonia.jpeg"):  # ... the others are still done
+        row = by_name[name]
+        assert row["error"] == "" and row["prediction"] in ("NORMAL", "PNEUMONIA")
+        assert float(row["p_NORMAL"]) + float(row["p_PNEUMONIA"]) == pytest.approx(1.0, abs=2e-4)
+        assert (heat_dir / f"{Path(name).stem}_heatmap.png").exists()
+    assert "could not be read" in by_name["c_truncated.jpeg"]["error"]
+    assert "colour image" in by_name["d_photo.png"]["error"]
+    assert "CT image was given where an X-ray" in by_name["image_0"]["error"]
+    assert result.stderr.count("medai diagnose: error:") == 3
+
+
+def test_cli_unknown_task_and_missing_model(tmp_path, monkeypatch):
+    result = subprocess.run([sys.executable, "-m", "medai.cli", "diagnose", "--task", "fracture", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown diagnosis task 'fracture'" in result.stderr
+    with pytest.raises(MedAIModelError, match="no model card for task 'covid'"):
+        Classifier("covid", models_folder=str(tmp_path))
+
+
+def test_corrupted_model_file_is_refused(tmp_path):
+    import shutil
+
+    from medai.models import models_dir
+
+    for name in ("pneumonia.pt", "pneumonia.json"):
+        shutil.copy(models_dir() / name, tmp_path / name)
+    data = bytearray((tmp_path / "pneumonia.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "pneumonia.pt").write_bytes(bytes(data))
+    with pytest.raises(MedAIModelError, match="corrupted or was replaced"):
+        Classifier("pneumonia", models_folder=str(tmp_path))
+
+
+def test_logic_refuses_a_ct_volume_and_leaves_the_scene_alone(data_dir, scene):
+    from MedAIDiagnosis import MedAIDiagnosisLogic
+    from medai_slicer import load_volume_node
+
+    ct = load_volume_node(scene, str(data_dir / "ct_dicom/3Dircadb1.17/PATIENT_DICOM"))
+    before = slicer.util.arrayFromVolume(ct).copy()
+    n_nodes = scene.GetNumberOfNodes()
+    with pytest.raises(MedAIInputError, match=r"one 2D image; got an array of shape \(119, 512, 512\)"):
+        MedAIDiagnosisLogic().classify(ct, "pneumonia")
+    assert scene.GetNumberOfNodes() == n_nodes
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
+
+
+def test_logic_heatmap_volume_shares_the_xray_geometry(data_dir, scene):
+    from MedAIDiagnosis import MedAIDiagnosisLogic
+    from medai_slicer import ijk_to_ras_of
+
+    logic = MedAIDiagnosisLogic()
+    xray = logic.loadXRay(str(data_dir / "chest_xray/ieee8023_covid_subset_512/COVID/"
+                          "article_river_1a00a3c07ea311eab70491c6fb93d336-figure-2.jpg"))
+    result = logic.classify(xray, "covid")
+    np.testing.assert_allclose(ijk_to_ras_of(result.heatmap), ijk_to_ras_of(xray))
+    assert result.table.GetNumberOfRows() == 3
+    assert result.table.GetTable().GetColumnByName("class").GetValue(0) == "COVID"
+    assert result.reportNode.GetText() == result.report
+    logic.showHeatmap(xray, result.heatmap)  # no slice views here: must not fail

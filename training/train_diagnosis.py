@@ -1,0 +1,369 @@
+"""Train, calibrate and evaluate a MedAI chest X-ray classifier (MONAI networks), headless.
+
+    python training/train_diagnosis.py --task pneumonia [--config training/configs/pneumonia.yaml]
+        [--network compact|densenet121|resnet10] [--init CHECKPOINT] [--epochs N] [--out runs/pneumonia]
+        [--resume] [--export] [--compare runs/a runs/b ...] [--optuna N]
+    torchrun --nproc_per_node 2 training/train_diagnosis.py --task pneumonia ...   # DDP (gloo on CPU)
+
+Patient-level splits (medai.diagnosis.data). Class-balanced sampling, MONAI augmentation, AdamW + one-cycle
+schedule, an exponential moving average of the weights (what is validated and saved), early stopping on the
+validation loss (not before ``min_epochs``). Writes to ``--out``: ``metrics.csv`` (per epoch), ``last.pt`` (resumable), ``best.pt``,
+``eval/`` (temperature fitted on validation; held-out test metrics ``eval.json`` and ROC / confusion /
+reliability PNGs). ``--init`` starts from another model's weights (cross-task pre-training; the class head is
+re-initialised when the classes differ). ``--export`` writes ``Resources/Models/<task>.pt`` and its model card.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedAIToolkit"))
+
+from medai.diagnosis.data import describe_split, labels_tensor, load_images, records  # noqa: E402
+from medai.diagnosis.evaluation import heatmap_lung_fraction, subgroup_reports  # noqa: E402
+from medai.diagnosis.inference import Classifier  # noqa: E402
+from medai.diagnosis.metrics import classification_report, fit_temperature, softmax  # noqa: E402
+from medai.diagnosis.networks import build_classifier  # noqa: E402
+from medai.diagnosis.plots import save_evaluation_plots  # noqa: E402
+from medai.diagnosis.registry import get_task  # noqa: E402
+
+DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
+            "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "seed": 0, "threads": 2, "dropout": 0.2, "network": None}
+
+
+def augmentation(size: int, seed: int):
+    """MONAI array transforms on (1, S, S) inputs: small rotations/zoom/shift (no left-right flips: the heart
+    is on the left), contrast/gamma, intensity scale/shift, noise, blur."""
+    from monai.transforms import (
+        Compose, RandAdjustContrast, RandAffine, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
+        RandShiftIntensity,
+    )
+
+    transforms = Compose([
+        RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
+                   translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros"),
+        RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+        RandScaleIntensity(factors=0.15, prob=0.5),
+        RandShiftIntensity(offsets=0.08, prob=0.5),
+        RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
+        RandGaussianNoise(prob=0.3, std=0.02),
+    ])
+    transforms.set_random_state(seed=seed)
+    return transforms
+
+
+def balanced_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """As many indices as samples, drawn with probability 1 / (class count): every class equally often."""
+    counts = torch.bincount(labels).float()
+    weights = 1.0 / counts[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
+def load_init(model: torch.nn.Module, path: str) -> list[str]:
+    """Copy matching weights from a checkpoint (``best.pt``/``last.pt``/shipped ``<task>.pt``); returns skipped keys."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("ema", state.get("model", state)) if isinstance(state, dict) and ("ema" in state or "model" in state) else state
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def _ema_state(ema) -> dict:
+    return {k.removeprefix("module."): v for k, v in ema.module.state_dict().items()}
+
+
+def train(task_name: str, out: str, config: dict, resume: bool = False, progress: bool = True,
+          init: str | None = None) -> dict:
+    """Train one classifier; returns the best validation scores. DDP when launched by torchrun."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+    from tqdm import tqdm
+
+    cfg = {**DEFAULTS, **config}
+    task = get_task(task_name)
+    spec = dict(task.network)
+    if cfg.get("network"):
+        spec = {"name": cfg["network"]} if cfg["network"] != spec.get("name") else spec
+    spec["dropout"] = cfg["dropout"]
+    torch.set_num_threads(int(cfg["threads"]))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = 0
+    if world > 1:
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+    torch.manual_seed(cfg["seed"] + rank)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_recs, val_recs = records(task, "train"), records(task, "val")
+    x_train = load_images(train_recs, task.image_size, progress and rank == 0)
+    y_train = labels_tensor(train_recs, task)
+    x_val, y_val = load_images(val_recs, task.image_size, progress and rank == 0), labels_tensor(val_recs, task)
+
+    model = build_classifier(spec, task.num_classes)
+    skipped = load_init(model, init) if init else []
+    # EMA of the weights only; its BatchNorm statistics are recomputed on the (clean) training images before
+    # each validation: averaged running statistics do not match averaged weights (measured: class bias flips)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=False)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    steps_per_epoch = int(cfg.get("steps_per_epoch") or max(1, len(y_train) // (cfg["batch_size"] * world)))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
+                                                    pct_start=0.15)
+    start, best, stale, epoch_losses = 0, {"val_loss": float("inf")}, 0, []
+    if resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"]), ema.load_state_dict(state["ema_full"], strict=False)
+        optimiser.load_state_dict(state["optimiser"]), scheduler.load_state_dict(state["scheduler"])
+        start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+    augment = augmentation(task.image_size, cfg["seed"] + 1000 * rank)
+    log_path = out / "metrics.csv"
+    fields = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc_macro", "lr", "seconds"]
+    if rank == 0 and (start == 0 or not log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    writer = _tensorboard(out) if rank == 0 else None
+
+    for epoch in range(start, cfg["epochs"]):
+        t0 = time.time()
+        net.train()
+        generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
+        order = balanced_indices(y_train, generator)[: steps_per_epoch * cfg["batch_size"] * world]
+        mine = order[rank::world]
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
+        for step in bar:
+            idx = mine[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+            batch = torch.stack([torch.as_tensor(augment(x_train[i])) for i in idx.tolist()]).float()
+            loss = F.cross_entropy(net(batch), y_train[idx], label_smoothing=cfg["label_smoothing"])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        epoch_losses.append(float(np.mean(losses)))
+        stop = torch.zeros(1)
+        if rank == 0:
+            update_bn([x_train[i:i + 64] for i in range(0, len(x_train), 64)], ema)
+            ema.eval()
+            with torch.no_grad():
+                val_logits = ema(x_val)
+            val_loss = float(F.cross_entropy(val_logits, y_val))
+            report = classification_report(softmax(val_logits.numpy()), y_val.numpy(), task.classes)
+            row = [epoch + 1, np.mean(losses), val_loss, report["accuracy"], report["auc_macro"],
+                   scheduler.get_last_lr()[0], time.time() - t0]
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
+            if writer:
+                for name, value in zip(fields[1:-1], row[1:-1]):
+                    writer.add_scalar(name, value, epoch + 1)
+            if progress:
+                print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}  val loss {val_loss:.4f}  "
+                      f"acc {report['accuracy']:.3f}  AUC {report['auc_macro']:.4f}  ({time.time() - t0:.0f} s)")
+            if val_loss < best["val_loss"]:
+                best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": report["accuracy"],
+                        "val_auc_macro": report["auc_macro"]}
+                stale = 0
+                torch.save({"ema": _ema_state(ema), "network": spec, "task": task.name, "best": best}, out / "best.pt")
+            else:
+                stale += 1
+            torch.save({"model": model.state_dict(), "ema_full": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
+                        "network": spec, "config": cfg}, out / "last.pt")
+            # no early stop while the learning rate is high (BN statistics and weights still move fast)
+            stop[0] = float(stale >= cfg["patience"] and epoch + 1 >= cfg["min_epochs"])
+        if world > 1:
+            dist.broadcast(stop, 0)
+        if stop[0]:
+            if rank == 0 and progress:
+                print(f"early stop: validation loss has not improved for {cfg['patience']} epochs")
+            break
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    best["train_losses"] = epoch_losses
+    best["init"] = init
+    best["init_skipped_keys"] = skipped
+    if rank == 0:
+        (out / "train_summary.json").write_text(json.dumps({"best": best, "network": spec, "config": cfg}, indent=2))
+    return best
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional: metrics.csv always holds the same numbers
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool = False) -> dict:
+    """Best checkpoint: temperature fitted on validation, metrics on the held-out test split, plots."""
+    task = get_task(task_name)
+    out = Path(out)
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    spec = ckpt["network"]
+    card = {"network": spec, "image_size": task.image_size, "classes": list(task.classes)}
+    classifier = Classifier(task, state_dict=ckpt["ema"], card=card)
+    results = {}
+    for split in ("val", "test"):
+        recs = records(task, split)
+        logits = classifier.logits(load_images(recs, task.image_size, progress)).numpy()
+        results[split] = (recs, logits, labels_tensor(recs, task).numpy())
+    temperature = fit_temperature(results["val"][1], results["val"][2])
+    recs, logits, truth = results["test"]
+    calibrated, raw = softmax(logits, temperature), softmax(logits)
+    report = classification_report(calibrated, truth, task.classes)
+    report["ece_uncalibrated"] = classification_report(raw, truth, task.classes)["ece"]
+    report["subgroups"] = subgroup_reports(recs, calibrated, truth, task.classes)
+    report["temperature"] = temperature
+    report["validation"] = classification_report(softmax(results["val"][1], temperature), results["val"][2], task.classes)
+    report["best_epoch"] = ckpt["best"]["epoch"]
+    report["network"] = spec
+    report["parameters"] = sum(p.numel() for p in classifier.model.parameters())
+    classifier.temperature = temperature
+    if heatmaps:
+        report["heatmap"] = heatmap_lung_fraction(classifier, "test")
+    eval_dir = out / "eval"
+    save_evaluation_plots(calibrated, truth, task.classes, eval_dir, f"{task.name} (held-out test)", uncalibrated=raw)
+    (eval_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def export(task_name: str, out: str, command: str, compare: list[str] | None = None) -> dict:
+    """Evaluate the run and write the model + card to Resources/Models."""
+    from medai.models import save_model
+
+    task = get_task(task_name)
+    report = evaluate_run(task_name, out)
+    ckpt = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=False)
+    summary = json.loads((Path(out) / "train_summary.json").read_text())
+    comparison = {}
+    for run in compare or []:
+        path = Path(run) / "eval" / "eval.json"
+        if path.exists():
+            other = json.loads(path.read_text())
+            trained = json.loads((Path(run) / "train_summary.json").read_text())
+            comparison[Path(run).name] = {
+                "network": other["network"]["name"], "init": trained["best"].get("init"),
+                "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
+                "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
+                "parameters": other["parameters"]}
+    card = {
+        "task": task.name,
+        "classes": list(task.classes),
+        "description": task.description,
+        "image_size": task.image_size,
+        "network": ckpt["network"],
+        "temperature": report["temperature"],
+        "data": "../shared/data/chest_xray (labels.csv): " + ", ".join(sorted({r.source for r in records(task)})),
+        "split": {"rule": "by patient group (source + patient_id; COVID-19 Radiography has no ids: by image), "
+                          "sha256 hash of the group, 65% train / 15% val / 20% test; same groups in every task",
+                  "counts": describe_split(task)},
+        "held_out_test": {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
+                                                  "ece_uncalibrated", "per_class", "confusion_matrix", "subgroups",
+                                                  "heatmap")},
+        "validation": {k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
+        "best_epoch": report["best_epoch"],
+        "training": summary["config"],
+        "init": summary["best"].get("init"),
+        "comparison": comparison,
+        "command": command,
+        "limitations": _limitations(task),
+    }
+    save_model(task.name, ckpt["ema"], card)
+    return card
+
+
+def _limitations(task) -> str:
+    common = ("Inputs are 224 px (Kermany, COVID-19 Radiography) or <=512 px (ieee8023) public copies, all squashed to "
+              f"{task.image_size} px. All Kermany images come from that set's official train split; its official test "
+              "split (a different acquisition period) is not available here, and validation carved from the train "
+              "split is known to overstate performance there. ")
+    if task.name == "covid":
+        return common + ("Lung-opacity (non-COVID) data are not available here, so OTHER_PNEUMONIA is mostly pediatric "
+                         "Kermany pneumonia plus 56 adult ieee8023 cases; COVID-19 Radiography images have no patient "
+                         "ids (split by image; a patient may appear in two splits). Normals include pediatric Kermany "
+                         "and adult RSNA images so that age is not a class shortcut: see held_out_test.subgroups.")
+    return common + "Pediatric patients (1-5 years) only: not validated on adults."
+
+
+def optuna_search(task_name: str, out: str, config: dict, trials: int) -> dict:
+    """Optional hyper-parameter search (lr, weight decay, dropout, label smoothing) on the validation loss."""
+    try:
+        import optuna
+    except ImportError:
+        raise SystemExit("--optuna needs the optional dependency: pip install -e .[tune]")
+
+    def objective(trial):
+        trial_cfg = {**config, "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
+                     "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+                     "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+                     "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.1)}
+        return train(task_name, f"{out}/trial{trial.number}", trial_cfg, progress=False)["val_loss"]
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.get("seed", 0)))
+    study.optimize(objective, n_trials=trials)
+    print("best trial:", study.best_trial.number, study.best_params, f"val loss {study.best_value:.4f}")
+    return study.best_params
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--network")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--init", help="checkpoint whose weights initialise the network (cross-task pre-training)")
+    parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="only evaluate / export an existing run")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the held-out split")
+    parser.add_argument("--export", action="store_true", help="evaluate and write Resources/Models/<task>.pt + card")
+    parser.add_argument("--compare", nargs="*", default=[], help="other runs to list in the model card")
+    parser.add_argument("--optuna", type=int, default=0, help="number of Optuna trials (optional dependency)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+
+    config_path = args.config or REPO / "training" / "configs" / f"{args.task}.yaml"
+    config = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
+    for key in ("network", "epochs", "seed"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    out = args.out or f"runs/{args.task}"
+    if args.optuna:
+        config.update(optuna_search(args.task, out + "-optuna", config, args.optuna))
+    if not args.no_train:
+        best = train(args.task, out, config, resume=args.resume, progress=not args.quiet, init=args.init)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(best))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if args.export:
+        command = "python training/train_diagnosis.py " + " ".join(sys.argv[1:])
+        card = export(args.task, out, command, args.compare)
+        print(json.dumps(card["held_out_test"], indent=1)[:3000])
+    elif args.evaluate:
+        report = evaluate_run(args.task, out)
+        print(json.dumps({k: report[k] for k in ("accuracy", "auc_macro", "ece", "ece_uncalibrated", "per_class",
+                                                 "subgroups", "heatmap", "temperature")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
