@@ -48,7 +48,7 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
     from train_diagnosis import train
 
     best = train("pneumonia", str(tmp_path), {"epochs": 4, "steps_per_epoch": 8, "batch_size": 16, "lr": 2e-3,
-                                              "seed": 3, "min_epochs": 99}, progress=False)
+                                              "seed": 3, "min_epochs": 99, "limit_images": 160}, progress=False)
     losses = best["train_losses"]
     assert len(losses) == 4 and losses[-1] < 0.85 * losses[0], losses
     assert (tmp_path / "best.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 4
@@ -56,7 +56,7 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
 
 def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\n")
+    config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\nlimit_images: 64\n")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          str(REPO / "training" / "train_diagnosis.py"), "--task", "pneumonia", "--config", str(config),

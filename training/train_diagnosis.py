@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from medai.diagnosis.plots import save_evaluation_plots  # noqa: E402
 from medai.diagnosis.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
-            "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "seed": 0, "threads": 2, "dropout": 0.2, "network": None}
+            "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2, "network": None}
 
 
 def augmentation(size: int, seed: int):
@@ -64,10 +65,18 @@ def augmentation(size: int, seed: int):
     return transforms
 
 
-def balanced_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """As many indices as samples, drawn with probability 1 / (class count): every class equally often."""
+def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """As many indices as samples, every class drawn equally often; with ``groups`` (e.g. age group) every
+    group within a class too, so that a class seen mostly in children is also learnt from its adults."""
     counts = torch.bincount(labels).float()
     weights = 1.0 / counts[labels]
+    if groups is not None:
+        strata = labels * (int(groups.max()) + 1) + groups
+        stratum_counts = torch.bincount(strata).float()
+        per_class = torch.zeros(len(counts))
+        for s in torch.unique(strata):
+            per_class[s // (int(groups.max()) + 1)] += 1
+        weights = 1.0 / (stratum_counts[strata] * per_class[labels])
     return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
 
 
@@ -108,9 +117,14 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     out.mkdir(parents=True, exist_ok=True)
 
     train_recs, val_recs = records(task, "train"), records(task, "val")
+    if cfg.get("limit_images"):  # smoke tests: the first N images of each split
+        train_recs, val_recs = train_recs[: cfg["limit_images"]], val_recs[: cfg["limit_images"]]
     x_train = load_images(train_recs, task.image_size, progress and rank == 0)
     y_train = labels_tensor(train_recs, task)
     x_val, y_val = load_images(val_recs, task.image_size, progress and rank == 0), labels_tensor(val_recs, task)
+    age_groups = None
+    if cfg.get("balance") == "class_and_age":
+        age_groups = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.long)
 
     model = build_classifier(spec, task.num_classes)
     skipped = load_init(model, init) if init else []
@@ -140,7 +154,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         t0 = time.time()
         net.train()
         generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
-        order = balanced_indices(y_train, generator)[: steps_per_epoch * cfg["batch_size"] * world]
+        order = balanced_indices(y_train, generator, age_groups)[: steps_per_epoch * cfg["batch_size"] * world]
         mine = order[rank::world]
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
@@ -282,11 +296,30 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "training": summary["config"],
         "init": summary["best"].get("init"),
         "comparison": comparison,
+        "figures": f"docs/models/{task.name}/ (roc.png, confusion_matrix.png, reliability.png)",
         "command": command,
         "limitations": _limitations(task),
     }
     save_model(task.name, ckpt["ema"], card)
+    figures = REPO / "docs" / "models" / task.name  # the shipped model's held-out plots, where people look
+    figures.mkdir(parents=True, exist_ok=True)
+    for png in (Path(out) / "eval").glob("*.png"):
+        shutil.copy(png, figures / png.name)
     return card
+
+
+def reproduce_command(task_name: str, out: str) -> str:
+    """The command that trains this run again from scratch (and exports it), from its saved settings."""
+    summary = json.loads((Path(out) / "train_summary.json").read_text())
+    cfg, parts = summary["config"], ["python training/train_diagnosis.py", f"--task {task_name}"]
+    if cfg.get("network"):
+        parts.append(f"--network {cfg['network']}")
+    parts += [f"--epochs {cfg['epochs']}", f"--seed {cfg['seed']}"]
+    if cfg.get("balance", "class") != "class":
+        parts.append(f"--balance {cfg['balance']}")
+    if summary["best"].get("init"):
+        parts.append(f"--init {summary['best']['init']}")
+    return " ".join(parts + [f"--out {out}", "--export"])
 
 
 def _limitations(task) -> str:
@@ -329,6 +362,8 @@ def main() -> int:
     parser.add_argument("--network")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--balance", choices=["class", "class_and_age"],
+                        help="sampling: classes equally often, or also age groups within each class")
     parser.add_argument("--init", help="checkpoint whose weights initialise the network (cross-task pre-training)")
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true")
@@ -342,7 +377,7 @@ def main() -> int:
 
     config_path = args.config or REPO / "training" / "configs" / f"{args.task}.yaml"
     config = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
-    for key in ("network", "epochs", "seed"):
+    for key in ("network", "epochs", "seed", "balance"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     out = args.out or f"runs/{args.task}"
@@ -355,7 +390,7 @@ def main() -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if args.export:
-        command = "python training/train_diagnosis.py " + " ".join(sys.argv[1:])
+        command = reproduce_command(args.task, out)
         card = export(args.task, out, command, args.compare)
         print(json.dumps(card["held_out_test"], indent=1)[:3000])
     elif args.evaluate:

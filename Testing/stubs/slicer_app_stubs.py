@@ -49,6 +49,9 @@ class _Application:
     def processEvents(self, *args):
         pass
 
+    def layoutManager(self):  # like Slicer started with --no-main-window: no views to lay out
+        return None
+
 
 # --- slicer.ScriptedLoadableModule --------------------------------------------------------------------
 slm = types.ModuleType("slicer.ScriptedLoadableModule")

@@ -64,7 +64,7 @@ class Classifier:
         from monai.visualize import GradCAM
 
         array = check_xray_array(array, name)
-        x = preprocess(array, self.image_size, name)[None].to(self.device)
+        x = preprocess(array, self.image_size, name)[None].to(self.device).requires_grad_(True)
         cam = GradCAM(nn_module=self.model, target_layers=gradcam_layer(self.network_spec))
         with torch.enable_grad():
             result = cam(x, class_idx=class_index)  # (1, 1, S, S), normalised to 0-1
