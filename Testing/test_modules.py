@@ -1,6 +1,8 @@
 """Scripted modules on the real MRML scene: embedded Tests run unchanged, Widget names exist in .ui files,
 parameter nodes persist in the scene, Logic is console-callable and never modifies its inputs."""
 import ast
+import os
+import sys
 import importlib
 import re
 import xml.etree.ElementTree as ET
@@ -130,3 +132,19 @@ def test_engine_never_imports_slicer_or_qt():
             offenders += [f"{path.name}: {n}" for n in names
                           if n.split(".")[0] in ("slicer", "qt", "ctk") and path.name != "demo.py"]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("name", ["MedAIRegistration", "MedAIDiagnosis"])
+def test_sample_data_registration_points_at_bundled_files(name, monkeypatch):
+    """Sample Data entries (registered at Slicer start-up) name an existing bundled file and thumbnail."""
+    import importlib
+    import types
+
+    calls = []
+    fake = types.ModuleType("SampleData")
+    fake.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", fake)
+    importlib.import_module(name).registerSampleData()
+    (entry,) = calls
+    assert entry["category"] == "MedAIToolkit" and entry["loadFileType"] == "VolumeFile"
+    assert os.path.isfile(entry["uris"].removeprefix("file://")) and os.path.isfile(entry["thumbnailFileName"])

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
 from medai.diagnosis.data import describe_split, labels_tensor, load_images, records  # noqa: E402
-from medai.diagnosis.evaluation import heatmap_lung_fraction, subgroup_reports  # noqa: E402
+from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits, split_logits  # noqa: E402
 from medai.diagnosis.inference import Classifier  # noqa: E402
 from medai.diagnosis.metrics import classification_report, fit_temperature, softmax  # noqa: E402
 from medai.diagnosis.networks import build_classifier  # noqa: E402
@@ -233,19 +233,11 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     spec = ckpt["network"]
     card = {"network": spec, "image_size": task.image_size, "classes": list(task.classes)}
     classifier = Classifier(task, state_dict=ckpt["ema"], card=card)
-    results = {}
-    for split in ("val", "test"):
-        recs = records(task, split)
-        logits = classifier.logits(load_images(recs, task.image_size, progress)).numpy()
-        results[split] = (recs, logits, labels_tensor(recs, task).numpy())
-    temperature = fit_temperature(results["val"][1], results["val"][2])
-    recs, logits, truth = results["test"]
-    calibrated, raw = softmax(logits, temperature), softmax(logits)
-    report = classification_report(calibrated, truth, task.classes)
-    report["ece_uncalibrated"] = classification_report(raw, truth, task.classes)["ece"]
-    report["subgroups"] = subgroup_reports(recs, calibrated, truth, task.classes)
-    report["temperature"] = temperature
-    report["validation"] = classification_report(softmax(results["val"][1], temperature), results["val"][2], task.classes)
+    _, val_logits, val_truth = split_logits(classifier, "val", progress)
+    temperature = fit_temperature(val_logits, val_truth)
+    recs, logits, truth = split_logits(classifier, "test", progress)
+    report = report_from_logits(recs, logits, truth, task.classes, temperature)
+    report["validation"] = classification_report(softmax(val_logits, temperature), val_truth, task.classes)
     report["best_epoch"] = ckpt["best"]["epoch"]
     report["network"] = spec
     report["parameters"] = sum(p.numel() for p in classifier.model.parameters())
@@ -253,7 +245,8 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     if heatmaps:
         report["heatmap"] = heatmap_lung_fraction(classifier, "test")
     eval_dir = out / "eval"
-    save_evaluation_plots(calibrated, truth, task.classes, eval_dir, f"{task.name} (held-out test)", uncalibrated=raw)
+    save_evaluation_plots(softmax(logits, temperature), truth, task.classes, eval_dir, f"{task.name} (held-out test)",
+                          uncalibrated=softmax(logits))
     (eval_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -48,19 +48,10 @@ class MedAIDiagnosis(ScriptedLoadableModule):
 
 def registerSampleData():
     """Register a bundled chest X-ray (grey JPEG, COVID-19, a held-out patient) with the Sample Data module."""
-    import SampleData
-    from medai.samples import sample_path
+    from medai_slicer.sample_data import register_sample
 
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="MedAIToolkit",
-        sampleName="MedAIChestXRayCOVID",
-        thumbnailFileName=os.path.join(iconsPath, "MedAIDiagnosis.png"),
-        uris="file://" + sample_path("xray_covid"),
-        fileNames="MedAIChestXRayCOVID.jpg",
-        nodeNames="MedAIChestXRayCOVID",
-        loadFileType="VolumeFile",
-    )
+    register_sample("xray_covid", "MedAIChestXRayCOVID", os.path.join(iconsPath, "MedAIDiagnosis.png"), ".jpg")
 
 
 #

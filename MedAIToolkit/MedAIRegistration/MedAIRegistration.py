@@ -47,19 +47,10 @@ class MedAIRegistration(ScriptedLoadableModule):
 
 def registerSampleData():
     """Register the bundled, downsampled CT with the Sample Data module."""
-    import SampleData
-    from medai.samples import sample_path
+    from medai_slicer.sample_data import register_sample
 
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="MedAIToolkit",
-        sampleName="MedAIAbdomenCT",
-        thumbnailFileName=os.path.join(iconsPath, "MedAIRegistration.png"),
-        uris="file://" + sample_path("ct_abdomen"),
-        fileNames="MedAIAbdomenCT.nrrd",
-        nodeNames="MedAIAbdomenCT",
-        loadFileType="VolumeFile",
-    )
+    register_sample("ct_abdomen", "MedAIAbdomenCT", os.path.join(iconsPath, "MedAIRegistration.png"), ".nrrd")
 
 
 #

@@ -86,13 +86,18 @@ def _cmd_segment(args) -> int:
     from .segmentation.inference import Segmenter
 
     records = segment_files(Segmenter(args.task, device=args.device), args.inputs, args.out, args.seg_nrrd)
-    failed = [r for r in records if r["error"]]
-    for record in records:
-        if record["error"]:
-            print(f"medai segment: error: {record['error']}", file=sys.stderr)
-        else:
-            print(json.dumps(record))
-    return 2 if failed else 0
+    return _report_per_file("segment", records, print_done=True)
+
+
+def _report_per_file(command: str, rows: list[dict], print_done: bool) -> int:
+    """Each failed file's error on stderr (and, if asked, each done file's record as JSON on stdout);
+    exit status 2 when any file failed, the others having been done."""
+    for row in rows:
+        if row["error"]:
+            print(f"medai {command}: error: {row['error']}", file=sys.stderr)
+        elif print_done:
+            print(json.dumps(row))
+    return 2 if any(row["error"] for row in rows) else 0
 
 
 def _cmd_diagnose(args) -> int:
@@ -100,15 +105,11 @@ def _cmd_diagnose(args) -> int:
     from .diagnosis.inference import Classifier
 
     rows = diagnose_files(Classifier(args.task, device=args.device), args.inputs, args.csv, args.heatmaps)
-    failed = [r for r in rows if r["error"]]
-    for row in rows:
-        if row["error"]:
-            print(f"medai diagnose: error: {row['error']}", file=sys.stderr)
-        elif not args.csv:
-            print(json.dumps(row))
+    status = _report_per_file("diagnose", rows, print_done=not args.csv)
     if args.csv:
-        print(f"medai diagnose: {len(rows) - len(failed)} of {len(rows)} images classified -> {args.csv}")
-    return 2 if failed else 0
+        done = sum(not row["error"] for row in rows)
+        print(f"medai diagnose: {done} of {len(rows)} images classified -> {args.csv}")
+    return status
 
 
 def _add_carm_arguments(parser, size=(256, 256), spacing=1.6) -> None:

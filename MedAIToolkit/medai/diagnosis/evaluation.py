@@ -30,15 +30,20 @@ def subgroup_reports(recs, probabilities: np.ndarray, truth: np.ndarray, classes
     return out
 
 
+def report_from_logits(recs, logits: np.ndarray, truth: np.ndarray, classes, temperature: float) -> dict:
+    """Metrics of calibrated probabilities, the uncalibrated ECE, and sensitivity per age group / source."""
+    calibrated = softmax(logits, temperature)
+    report = classification_report(calibrated, truth, classes)
+    report["ece_uncalibrated"] = classification_report(softmax(logits), truth, classes)["ece"]
+    report["subgroups"] = subgroup_reports(recs, calibrated, truth, classes)
+    report["temperature"] = temperature
+    return report
+
+
 def evaluate_split(classifier: Classifier, split: str = "test", progress: bool = False) -> dict:
     """Metrics (calibrated and uncalibrated) of ``classifier`` on a split of its task."""
     recs, logits, truth = split_logits(classifier, split, progress)
-    calibrated = softmax(logits, classifier.temperature)
-    report = classification_report(calibrated, truth, classifier.classes)
-    report["ece_uncalibrated"] = classification_report(softmax(logits), truth, classifier.classes)["ece"]
-    report["subgroups"] = subgroup_reports(recs, calibrated, truth, classifier.classes)
-    report["split"] = split
-    return report
+    return {**report_from_logits(recs, logits, truth, classifier.classes, classifier.temperature), "split": split}
 
 
 def heatmap_lung_fraction(classifier: Classifier, split: str | None = None, limit: int | None = None) -> dict:
