@@ -83,15 +83,11 @@ def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: t
 def load_init(model: torch.nn.Module, path: str) -> list[str]:
     """Copy matching weights from a checkpoint (``best.pt``/``last.pt``/shipped ``<task>.pt``); returns skipped keys."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("ema", state.get("model", state)) if isinstance(state, dict) and ("ema" in state or "model" in state) else state
+    state = state.get("ema") or state.get("model") or state  # our checkpoints, or a bare state dict
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
-
-
-def _ema_state(ema) -> dict:
-    return {k.removeprefix("module."): v for k, v in ema.module.state_dict().items()}
 
 
 def train(task_name: str, out: str, config: dict, resume: bool = False, progress: bool = True,
@@ -139,8 +135,10 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     start, best, stale, epoch_losses = 0, {"val_loss": float("inf")}, 0, []
     if resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"]), ema.load_state_dict(state["ema_full"], strict=False)
-        optimiser.load_state_dict(state["optimiser"]), scheduler.load_state_dict(state["scheduler"])
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema_full"], strict=False)
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
         start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
     augment = augmentation(task.image_size, cfg["seed"] + 1000 * rank)
     log_path = out / "metrics.csv"
@@ -192,7 +190,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": report["accuracy"],
                         "val_auc_macro": report["auc_macro"]}
                 stale = 0
-                torch.save({"ema": _ema_state(ema), "network": spec, "task": task.name, "best": best}, out / "best.pt")
+                torch.save({"ema": ema.module.state_dict(), "network": spec, "task": task.name, "best": best}, out / "best.pt")
             else:
                 stale += 1
             torch.save({"model": model.state_dict(), "ema_full": ema.state_dict(), "optimiser": optimiser.state_dict(),

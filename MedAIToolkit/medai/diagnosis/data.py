@@ -117,14 +117,6 @@ def describe_split(task: DiagnosisTask) -> dict:
     return table
 
 
-def check_no_patient_overlap(task: DiagnosisTask) -> None:
-    seen: dict = {}
-    for rec in records(task):
-        split = split_of(rec.group)
-        if seen.setdefault(rec.group, split) != split:
-            raise AssertionError(f"patient {rec.group} in two splits")
-
-
 def lung_mask(rec: Record, shape) -> np.ndarray:
     """Boolean mask of the union of the record's lung boxes on an image of ``shape``."""
     mask = np.zeros(shape, dtype=bool)

@@ -76,7 +76,7 @@ def fit_temperature(logits, truth, iterations: int = 200) -> float:
         return loss
 
     optimiser.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def classification_report(probabilities: np.ndarray, truth: np.ndarray, classes) -> dict:

@@ -30,7 +30,7 @@ def save_evaluation_plots(probabilities: np.ndarray, truth: np.ndarray, classes,
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC — {title}")
     ax.legend(loc="lower right")
     paths.append(folder / "roc.png")
-    fig.tight_layout(), fig.savefig(paths[-1], dpi=120), plt.close(fig)
+    _save(fig, paths[-1])
 
     matrix = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(matrix, (truth, probabilities.argmax(axis=1)), 1)
@@ -38,10 +38,11 @@ def save_evaluation_plots(probabilities: np.ndarray, truth: np.ndarray, classes,
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=20), ax.set_yticks(range(len(classes)), classes)
+    ax.set_xticks(range(len(classes)), classes, rotation=20)
+    ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion — {title}")
     paths.append(folder / "confusion_matrix.png")
-    fig.tight_layout(), fig.savefig(paths[-1], dpi=120), plt.close(fig)
+    _save(fig, paths[-1])
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for probs, label, style in ((uncalibrated, "before scaling", "o--"), (probabilities, "temperature-scaled", "o-")):
@@ -54,5 +55,13 @@ def save_evaluation_plots(probabilities: np.ndarray, truth: np.ndarray, classes,
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability — {title}")
     ax.legend(loc="upper left")
     paths.append(folder / "reliability.png")
-    fig.tight_layout(), fig.savefig(paths[-1], dpi=120), plt.close(fig)
+    _save(fig, paths[-1])
     return paths
+
+
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -68,7 +68,7 @@ VOLUME_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
 def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str, seg_nrrd: bool = False) -> list[dict]:
     """3D inputs (DICOM folders, NIfTI, NRRD) -> label volumes on the input grid (values as in the registry):
     ``.nii.gz``/``.nrrd`` label maps, or Slicer ``.seg.nrrd`` segmentations with named, coloured segments."""
-    from ..io import Volume, read_volume, write_volume
+    from ..io import Volume, write_volume
 
     from .labels import write_seg_nrrd
 
