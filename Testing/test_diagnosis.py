@@ -54,6 +54,16 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 4
 
 
+def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
+    from train_diagnosis import train
+
+    cfg = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "limit_images": 48, "min_epochs": 99, "seed": 4}
+    first = train("pneumonia", str(tmp_path), {**cfg, "stop_after_epochs": 1}, progress=False)
+    resumed = train("pneumonia", str(tmp_path), cfg, resume=True, progress=False)
+    assert len(first["train_losses"]) == 1 and len(resumed["train_losses"]) == 1  # only epoch 2 was run again
+    assert (tmp_path / "metrics.csv").read_text().strip().count("\n") == 2  # one row per epoch, none repeated
+
+
 def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\nlimit_images: 64\n")

@@ -200,6 +200,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             stop[0] = float(stale >= cfg["patience"] and epoch + 1 >= cfg["min_epochs"])
         if world > 1:
             dist.broadcast(stop, 0)
+        if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"]:
+            break  # an interrupted run (tests, time-limited jobs): --resume continues from last.pt
         if stop[0]:
             if rank == 0 and progress:
                 print(f"early stop: validation loss has not improved for {cfg['patience']} epochs")
