@@ -63,6 +63,8 @@ def heatmap_lung_fraction(classifier: Classifier, split: str | None = None, limi
         fractions.append(heat_mass_inside(heat, mask))
         areas.append(float(mask.mean()))
     fractions = np.asarray(fractions)
-    return {"images": len(recs), "mean_fraction_in_lungs": float(np.nanmean(fractions)),
-            "median_fraction_in_lungs": float(np.nanmedian(fractions)),
+    empty = np.isnan(fractions)  # an all-zero map shows no evidence: counted as 0 inside, and listed
+    fractions[empty] = 0.0
+    return {"images": len(recs), "mean_fraction_in_lungs": float(np.mean(fractions)),
+            "median_fraction_in_lungs": float(np.median(fractions)), "empty_maps": int(empty.sum()),
             "mean_lung_box_area_fraction": float(np.mean(areas))}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..errors import MedAIModelError
 from ..models import load_state
-from .networks import build_classifier, gradcam_layer
+from .networks import ClassContrast, build_classifier, gradcam_layer
 from .preprocess import check_xray_array, preprocess
 from .registry import DiagnosisTask, get_task
 
@@ -60,17 +60,32 @@ class Classifier:
         return F.softmax(logits / (self.temperature if calibrated else 1.0), dim=1).numpy()
 
     def heatmap(self, array: np.ndarray, class_index: int | None = None, name: str = "image") -> np.ndarray:
-        """Grad-CAM (MONAI) of ``class_index`` (default: the predicted class) on the image's own pixel grid, 0-1."""
+        """Grad-CAM (MONAI) of ``class_index`` (default: the predicted class) on the image's own pixel grid, 0-1.
+
+        The score explained is the class's logit minus the mean of the other logits (:class:`ClassContrast`):
+        the map shows evidence for this class against the others. An all-zero map means no pixel argues for it.
+        """
         from monai.visualize import GradCAM
 
         array = check_xray_array(array, name)
         x = preprocess(array, self.image_size, name)[None].to(self.device).requires_grad_(True)
-        cam = GradCAM(nn_module=self.model, target_layers=gradcam_layer(self.network_spec))
+        # MONAI's default post-processing maps (min, max) to (1, 0), i.e. inverts the map: scale it to (0, 1) instead
+        cam = GradCAM(nn_module=ClassContrast(self.model), target_layers=gradcam_layer(self.network_spec, "model."),
+                      postprocessing=unit_range)
         with torch.enable_grad():
             result = cam(x, class_idx=class_index)  # (1, 1, S, S), normalised to 0-1
         result = result.detach().float().cpu()
-        full = F.interpolate(result, size=array.shape, mode="bilinear", align_corners=False)[0, 0]
+        full = unit_range(F.interpolate(result, size=array.shape, mode="bilinear", align_corners=False))[0, 0]
         return full.clamp_(0.0, 1.0).numpy().astype(np.float32)
+
+
+def unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of a batch ``(N, 1, ...)`` scaled to 0 (its minimum) - 1 (its maximum); a flat map becomes 0."""
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    span = (high - low).view(shape)
+    return torch.where(span > 0, (maps - low.view(shape)) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
 def heat_mass_inside(heat: np.ndarray, mask: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monai.networks.blocks import Convolution, ResidualUnit
@@ -25,8 +26,61 @@ class CompactCXRNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels[-1], num_classes)
 
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = self.features(x)
+        logits = self.head(self.dropout(torch.flatten(self.pool(features), 1)))
+        return (logits, features) if return_features else logits
+
+
+class ClassContrast(nn.Module):
+    """Wraps a classifier: each output is ``logit_c - mean of the other logits``, the score that decides class ``c``.
+
+    Grad-CAM of this score shows evidence for ``c`` *against* the other classes; Grad-CAM of a raw logit also
+    shows what all classes share (and a network can push every raw map below zero, leaving nothing to see).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
+        logits = self.model(x)
+        n = logits.shape[1]
+        return (n * logits - logits.sum(dim=1, keepdim=True)) / (n - 1)
+
+
+def contrast_maps(head_weight: torch.Tensor, features: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, classes, size, size) signed, differentiable class-contrast maps of a global-average-pool + linear head.
+
+    Map ``c`` is ``sum_k (w_ck - mean_other w_k) A_k`` (its mean over the image plus the bias is the
+    :class:`ClassContrast` score), bilinearly resized to the input. For such a head Grad-CAM's channel weights are
+    those head weights over the number of cells, so ``relu`` of this map shifted to a zero minimum is, up to a
+    scale factor, exactly the heat map MONAI's GradCAM draws for :class:`ClassContrast`; training can therefore
+    act on it without double backward.
+    """
+    n = head_weight.shape[0]
+    contrast = (n * head_weight - head_weight.sum(dim=0, keepdim=True)) / (n - 1)
+    maps = torch.einsum("ck,bkhw->bchw", contrast, features)
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def energy_outside(maps: torch.Tensor, region: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(N, classes) share of each signed map's energy (sum of squares) outside ``region`` ((N, 1, S, S), 0-1).
+
+    Zero when the class decision owes nothing to pixels outside the region. Unlike the mass of a rectified map
+    it cannot be lowered by pushing the map below zero or by a constant offset; only evidence inside lowers it.
+    """
+    energy = maps.square()
+    return (energy * (1.0 - region)).sum(dim=(2, 3)) / (energy.sum(dim=(2, 3)) + eps)
+
+
+def heat_mass_inside_maps(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(N, classes) fraction of the displayed heat map's mass (rectified, shifted to a zero minimum) inside ``region``."""
+    heat = torch.relu(maps)
+    heat = heat - heat.amin(dim=(2, 3), keepdim=True)
+    total = heat.sum(dim=(2, 3))
+    inside = (heat * region).sum(dim=(2, 3)) / total.clamp_min(1e-12)
+    return torch.where(total > 0, inside, torch.full_like(inside, float("nan")))
 
 
 def build_classifier(spec: dict, num_classes: int) -> nn.Module:
@@ -46,7 +100,8 @@ def build_classifier(spec: dict, num_classes: int) -> nn.Module:
     raise ValueError(f"unknown classifier network '{name}' (compact, resnet10, resnet18, densenet121)")
 
 
-def gradcam_layer(spec: dict) -> str:
-    """Name of the layer whose activations Grad-CAM weighs (the last convolutional stage)."""
-    return {"compact": "features", "resnet10": "layer4", "resnet18": "layer4",
+def gradcam_layer(spec: dict, prefix: str = "") -> str:
+    """Name of the layer whose activations Grad-CAM weighs (the last convolutional stage); ``prefix`` for a
+    wrapped model (``"model."`` inside :class:`ClassContrast`)."""
+    return prefix + {"compact": "features", "resnet10": "layer4", "resnet18": "layer4",
             "densenet121": "class_layers.relu"}[spec.get("name", "compact")]
