@@ -54,6 +54,35 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 4
 
 
+def test_lung_regions_are_the_drawn_boxes_or_the_lung_prior(data_dir):
+    from medai.diagnosis.data import lung_box_masks, lung_regions
+
+    train = records(TASKS["covid"], "train")
+    boxed = [r for r in train if r.lung_boxes][:3]
+    unboxed = [r for r in train if not r.lung_boxes][:3]
+    regions, has_boxes = lung_regions(boxed + unboxed, 128, train)
+    assert has_boxes.tolist() == [True] * 3 + [False] * 3
+    np.testing.assert_allclose(regions[:3], lung_box_masks(boxed, 128))
+    prior = regions[3, 0].numpy()
+    assert np.array_equal(prior, regions[5, 0].numpy())
+    # the prior is two lung fields: high in the middle of each half, low at the borders and the midline
+    assert prior[64, 32] > 0.9 and prior[64, 96] > 0.9
+    assert prior[64, 64] < 0.5 and prior[2, 64] < 0.3 and prior[125, 32] < 0.3 and prior[64, 1] < 0.3
+
+
+def test_lung_attention_training_moves_the_evidence_into_the_lungs(data_dir, tmp_path):
+    import csv as csv_module
+
+    from train_diagnosis import train
+
+    train("pneumonia", str(tmp_path), {"epochs": 4, "steps_per_epoch": 8, "batch_size": 16, "lr": 2e-3, "seed": 3,
+                                       "min_epochs": 99, "limit_images": 160, "lung_attention": 1.0}, progress=False)
+    rows = list(csv_module.DictReader(open(tmp_path / "metrics.csv")))
+    outside = [float(r["train_energy_outside_lungs"]) for r in rows]
+    assert len(rows) == 4 and outside[-1] < 0.8 * outside[0], outside
+    assert 0.0 <= float(rows[-1]["val_heatmap_mass_in_lungs"]) <= 1.0
+
+
 def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
     from train_diagnosis import train
 
@@ -66,7 +95,7 @@ def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
 
 def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\nlimit_images: 64\n")
+    config.write_text("epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nthreads: 1\nlimit_images: 64\nlung_attention: 1.0\n")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          str(REPO / "training" / "train_diagnosis.py"), "--task", "pneumonia", "--config", str(config),

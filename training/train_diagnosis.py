@@ -32,37 +32,51 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
-from medai.diagnosis.data import describe_split, labels_tensor, load_images, records  # noqa: E402
+from medai.diagnosis.data import (  # noqa: E402
+    describe_split, labels_tensor, load_images, lung_box_masks, lung_regions, records,
+)
 from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits, split_logits  # noqa: E402
 from medai.diagnosis.inference import Classifier  # noqa: E402
 from medai.diagnosis.metrics import classification_report, fit_temperature, softmax  # noqa: E402
-from medai.diagnosis.networks import build_classifier  # noqa: E402
+from medai.diagnosis.networks import (  # noqa: E402
+    CompactCXRNet, build_classifier, contrast_maps, energy_outside, heat_mass_inside_maps,
+)
 from medai.diagnosis.plots import save_evaluation_plots  # noqa: E402
 from medai.diagnosis.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
-            "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2, "network": None}
+            "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2,
+            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5}
 
 
-def augmentation(size: int, seed: int):
+class Augmentation:
     """MONAI array transforms on (1, S, S) inputs: small rotations/zoom/shift (no left-right flips: the heart
-    is on the left), contrast/gamma, intensity scale/shift, noise, blur."""
-    from monai.transforms import (
-        Compose, RandAdjustContrast, RandAffine, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
-        RandShiftIntensity,
-    )
+    is on the left), contrast/gamma, intensity scale/shift, noise, blur. A lung region given with the image
+    gets the same spatial transform (and no intensity change)."""
 
-    transforms = Compose([
-        RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
-                   translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros"),
-        RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
-        RandScaleIntensity(factors=0.15, prob=0.5),
-        RandShiftIntensity(offsets=0.08, prob=0.5),
-        RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
-        RandGaussianNoise(prob=0.3, std=0.02),
-    ])
-    transforms.set_random_state(seed=seed)
-    return transforms
+    def __init__(self, size: int, seed: int):
+        from monai.transforms import (
+            Compose, RandAdjustContrast, RandAffine, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
+            RandShiftIntensity,
+        )
+
+        transforms = Compose([
+            RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
+                       translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros"),
+            RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+            RandScaleIntensity(factors=0.15, prob=0.5),
+            RandShiftIntensity(offsets=0.08, prob=0.5),
+            RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
+            RandGaussianNoise(prob=0.3, std=0.02),
+        ])
+        transforms.set_random_state(seed=seed)
+        self.spatial, self.intensity = transforms.transforms[0], Compose(transforms.transforms[1:])
+
+    def __call__(self, image: torch.Tensor, region: torch.Tensor | None = None):
+        stacked = image if region is None else torch.cat([image, region])
+        moved = torch.as_tensor(self.spatial(stacked))
+        augmented = torch.as_tensor(self.intensity(moved[:1])).float()
+        return augmented if region is None else (augmented, moved[1:].float())
 
 
 def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,11 +132,22 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     x_train = load_images(train_recs, task.image_size, progress and rank == 0)
     y_train = labels_tensor(train_recs, task)
     x_val, y_val = load_images(val_recs, task.image_size, progress and rank == 0), labels_tensor(val_recs, task)
+    attention = float(cfg.get("lung_attention") or 0.0)
+    regions = image_weights = val_boxed = None
+    if attention > 0:  # keep each class's activation map inside the lungs (boxes where drawn, else the prior)
+        prior_recs = records(get_task("covid"), "train")
+        regions, has_boxes = lung_regions(train_recs, task.image_size, prior_recs)
+        image_weights = torch.where(has_boxes, 1.0, float(cfg["lung_prior_weight"]))
+    if rank == 0:  # validation patients' lung boxes (ieee8023, in the covid task) to follow the heat maps
+        val_boxed = [r for r in records(get_task("covid"), "val") if r.lung_boxes]
+        val_boxed = (load_images(val_boxed, task.image_size, False), lung_box_masks(val_boxed, task.image_size))
     age_groups = None
     if cfg.get("balance") == "class_and_age":
         age_groups = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.long)
 
     model = build_classifier(spec, task.num_classes)
+    if attention > 0 and not isinstance(model, CompactCXRNet):
+        raise SystemExit("lung_attention needs the compact network (a global-average-pool + linear head)")
     skipped = load_init(model, init) if init else []
     # EMA of the weights only; its BatchNorm statistics are recomputed on the (clean) training images before
     # each validation: averaged running statistics do not match averaged weights (measured: class bias flips)
@@ -140,9 +165,10 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-    augment = augmentation(task.image_size, cfg["seed"] + 1000 * rank)
+    augment = Augmentation(task.image_size, cfg["seed"] + 1000 * rank)
     log_path = out / "metrics.csv"
-    fields = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc_macro", "lr", "seconds"]
+    fields = ["epoch", "train_loss", "train_energy_outside_lungs", "val_loss", "val_accuracy", "val_auc_macro",
+              "val_heatmap_mass_in_lungs", "lr", "seconds"]
     if rank == 0 and (start == 0 or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
@@ -154,12 +180,25 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
         order = balanced_indices(y_train, generator, age_groups)[: steps_per_epoch * cfg["batch_size"] * world]
         mine = order[rank::world]
-        losses = []
+        losses, outside_losses = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
         for step in bar:
             idx = mine[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
-            batch = torch.stack([torch.as_tensor(augment(x_train[i])) for i in idx.tolist()]).float()
-            loss = F.cross_entropy(net(batch), y_train[idx], label_smoothing=cfg["label_smoothing"])
+            if attention > 0:
+                pairs = [augment(x_train[i], regions[i]) for i in idx.tolist()]
+                batch, region = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+                logits, features = net(batch, return_features=True)
+                loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg["label_smoothing"])
+                outside = energy_outside(contrast_maps(model.head.weight, features, task.image_size), region)
+                # the true class's map and the predicted class's map (what a user is shown)
+                pick = (F.one_hot(y_train[idx], task.num_classes) + F.one_hot(logits.detach().argmax(1), task.num_classes)).clamp(max=1)
+                outside = (outside * pick).sum(1) / pick.sum(1)
+                outside_loss = (outside * image_weights[idx]).sum() / image_weights[idx].sum()
+                loss = loss + attention * outside_loss
+                outside_losses.append(float(outside_loss.detach()))
+            else:
+                batch = torch.stack([augment(x_train[i]) for i in idx.tolist()])
+                loss = F.cross_entropy(net(batch), y_train[idx], label_smoothing=cfg["label_smoothing"])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -174,10 +213,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             ema.eval()
             with torch.no_grad():
                 val_logits = ema(x_val)
+                val_in_lungs = heatmap_mass_in_lungs(ema.module, *val_boxed)
             val_loss = float(F.cross_entropy(val_logits, y_val))
             report = classification_report(softmax(val_logits.numpy()), y_val.numpy(), task.classes)
-            row = [epoch + 1, np.mean(losses), val_loss, report["accuracy"], report["auc_macro"],
-                   scheduler.get_last_lr()[0], time.time() - t0]
+            row = [epoch + 1, np.mean(losses), np.mean(outside_losses) if outside_losses else float("nan"), val_loss,
+                   report["accuracy"], report["auc_macro"], val_in_lungs, scheduler.get_last_lr()[0], time.time() - t0]
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
             if writer:
@@ -185,10 +225,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                     writer.add_scalar(name, value, epoch + 1)
             if progress:
                 print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}  val loss {val_loss:.4f}  "
-                      f"acc {report['accuracy']:.3f}  AUC {report['auc_macro']:.4f}  ({time.time() - t0:.0f} s)")
+                      f"acc {report['accuracy']:.3f}  AUC {report['auc_macro']:.4f}  heat map in lungs "
+                      f"{val_in_lungs:.3f}  ({time.time() - t0:.0f} s)")
             if val_loss < best["val_loss"]:
                 best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": report["accuracy"],
-                        "val_auc_macro": report["auc_macro"]}
+                        "val_auc_macro": report["auc_macro"], "val_heatmap_mass_in_lungs": val_in_lungs}
                 stale = 0
                 torch.save({"ema": ema.module.state_dict(), "network": spec, "task": task.name, "best": best}, out / "best.pt")
             else:
@@ -215,6 +256,18 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     if rank == 0:
         (out / "train_summary.json").write_text(json.dumps({"best": best, "network": spec, "config": cfg}, indent=2))
     return best
+
+
+@torch.no_grad()
+def heatmap_mass_in_lungs(model: torch.nn.Module, images: torch.Tensor, boxes: torch.Tensor) -> float:
+    """Mean fraction of the predicted class's heat map (= the shown Grad-CAM for the compact net) inside the lung
+    boxes; an empty map counts as 0."""
+    if not isinstance(model, CompactCXRNet) or not len(images):
+        return float("nan")
+    model.eval()
+    logits, features = model(images, return_features=True)
+    inside = heat_mass_inside_maps(contrast_maps(model.head.weight, features, images.shape[-1]), boxes)
+    return float(inside.gather(1, logits.argmax(1, keepdim=True)).nan_to_num(0.0).mean())
 
 
 def _tensorboard(out: Path):
@@ -310,6 +363,8 @@ def reproduce_command(task_name: str, out: str) -> str:
     parts += [f"--epochs {cfg['epochs']}", f"--seed {cfg['seed']}"]
     if cfg.get("balance", "class") != "class":
         parts.append(f"--balance {cfg['balance']}")
+    if cfg.get("lung_attention"):
+        parts.append(f"--lung-attention {cfg['lung_attention']:g}")
     if summary["best"].get("init"):
         parts.append(f"--init {summary['best']['init']}")
     return " ".join(parts + [f"--out {out}", "--export"])
@@ -357,6 +412,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--balance", choices=["class", "class_and_age"],
                         help="sampling: classes equally often, or also age groups within each class")
+    parser.add_argument("--lung-attention", type=float, dest="lung_attention",
+                        help="weight of the penalty on class-activation mass outside the lungs (0: off)")
     parser.add_argument("--init", help="checkpoint whose weights initialise the network (cross-task pre-training)")
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true")
@@ -370,7 +427,7 @@ def main() -> int:
 
     config_path = args.config or REPO / "training" / "configs" / f"{args.task}.yaml"
     config = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
-    for key in ("network", "epochs", "seed", "balance"):
+    for key in ("network", "epochs", "seed", "balance", "lung_attention"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     out = args.out or f"runs/{args.task}"

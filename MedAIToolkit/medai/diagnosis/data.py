@@ -123,3 +123,32 @@ def lung_mask(rec: Record, shape) -> np.ndarray:
     for x, y, w, h in rec.lung_boxes:
         mask[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))] = True
     return mask
+
+
+def lung_box_masks(recs: list[Record], size: int) -> torch.Tensor:
+    """(N, 1, size, size) lung-box masks of boxed records on the network's input grid (area-resampled, 0-1)."""
+    import torch.nn.functional as F
+
+    root = shared_data("chest_xray")
+    masks = []
+    for rec in recs:
+        shape = read_xray(str(root / rec.path)).array.shape[-2:]
+        mask = torch.from_numpy(lung_mask(rec, shape).astype(np.float32))[None, None]
+        masks.append(F.interpolate(mask, size=(size, size), mode="area")[0])
+    return torch.stack(masks) if masks else torch.zeros(0, 1, size, size)
+
+
+def lung_regions(recs: list[Record], size: int, prior_records: list[Record]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a chest X-ray's evidence should lie, per record, on the ``size`` grid: the record's own lung boxes
+    where drawn (ieee8023), else the lung prior, the mean box mask of ``prior_records`` (all sources are framed
+    alike, PA chest views). Returns ``(regions (N, 1, S, S), has_boxes (N,) bool)``."""
+    boxed = [r for r in prior_records if r.lung_boxes]
+    if not boxed:
+        raise MedAIInputError("no records with lung boxes to build the lung prior from")
+    prior = lung_box_masks(boxed, size).mean(0)
+    has_boxes = torch.tensor([bool(r.lung_boxes) for r in recs])
+    regions = prior.expand(len(recs), 1, size, size).clone()
+    own = [i for i, r in enumerate(recs) if r.lung_boxes]
+    if own:
+        regions[own] = lung_box_masks([recs[i] for i in own], size)
+    return regions, has_boxes
