@@ -49,6 +49,14 @@ DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "l
             "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5}
 
 
+HEATMAP_METHOD = ("MONAI GradCAM on the last convolutional stage for the score 'logit of the class minus the mean of "
+                  "the other logits' (medai.diagnosis.networks.ClassContrast), rectified, bilinearly resized to the "
+                  "X-ray's own pixel grid and scaled to 0-1; 'heatmap' = mean share of its mass inside the ieee8023 "
+                  "radiologist lung boxes (empty maps count 0)")
+SELECTION_RULE = ("among the runs in 'comparison' and this one: the lowest validation loss of those whose validation "
+                  "heat maps hold >= 0.70 of their mass in the lung boxes (validation patients' ieee8023 X-rays)")
+
+
 class Augmentation:
     """MONAI array transforms on (1, S, S) inputs: small rotations/zoom/shift (no left-right flips: the heart
     is on the left), contrast/gamma, intensity scale/shift, noise, blur. A lung region given with the image
@@ -254,7 +262,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     best["init"] = init
     best["init_skipped_keys"] = skipped
     if rank == 0:
-        (out / "train_summary.json").write_text(json.dumps({"best": best, "network": spec, "config": cfg}, indent=2))
+        (out / "train_summary.json").write_text(json.dumps({"task": task.name, "best": best, "network": spec, "config": cfg},
+                                                           indent=2))
     return best
 
 
@@ -297,6 +306,7 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     classifier.temperature = temperature
     if heatmaps:
         report["heatmap"] = heatmap_lung_fraction(classifier, "test")
+        report["validation_heatmap"] = heatmap_lung_fraction(classifier, "val")
     eval_dir = out / "eval"
     save_evaluation_plots(softmax(logits, temperature), truth, task.classes, eval_dir, f"{task.name} (held-out test)",
                           uncalibrated=softmax(logits))
@@ -312,6 +322,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
     report = evaluate_run(task_name, out)
     ckpt = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
+    trained_best = summary["best"]
     comparison = {}
     for run in compare or []:
         path = Path(run) / "eval" / "eval.json"
@@ -321,7 +332,9 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
             comparison[Path(run).name] = {
                 "network": other["network"]["name"], "init": trained["best"].get("init"),
                 "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
+                "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
                 "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
+                "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
                 "parameters": other["parameters"]}
     card = {
         "task": task.name,
@@ -337,7 +350,10 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "held_out_test": {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
                                                   "ece_uncalibrated", "per_class", "confusion_matrix", "subgroups",
                                                   "heatmap")},
-        "validation": {k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
+        "validation": {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
+                       "loss": trained_best["val_loss"], "heatmap": report["validation_heatmap"]},
+        "heatmap_method": HEATMAP_METHOD,
+        "selection": SELECTION_RULE,
         "best_epoch": report["best_epoch"],
         "training": summary["config"],
         "init": summary["best"].get("init"),
@@ -354,20 +370,26 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
     return card
 
 
-def reproduce_command(task_name: str, out: str) -> str:
-    """The command that trains this run again from scratch (and exports it), from its saved settings."""
+def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
+    """The command that trains this run again from scratch (and exports it), from its saved settings; a run
+    initialised from another run is preceded by that run's own command."""
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     cfg, parts = summary["config"], ["python training/train_diagnosis.py", f"--task {task_name}"]
+    init = summary["best"].get("init")
+    before = ""
+    if init and (Path(init).parent / "train_summary.json").exists():
+        init_summary = json.loads((Path(init).parent / "train_summary.json").read_text())
+        init_task = init_summary.get("task") or ("pneumonia" if "pneumonia" in Path(init).parent.name else task_name)
+        before = reproduce_command(init_task, str(Path(init).parent), export=False) + " && "
     if cfg.get("network"):
         parts.append(f"--network {cfg['network']}")
     parts += [f"--epochs {cfg['epochs']}", f"--seed {cfg['seed']}"]
     if cfg.get("balance", "class") != "class":
         parts.append(f"--balance {cfg['balance']}")
-    if cfg.get("lung_attention"):
-        parts.append(f"--lung-attention {cfg['lung_attention']:g}")
-    if summary["best"].get("init"):
-        parts.append(f"--init {summary['best']['init']}")
-    return " ".join(parts + [f"--out {out}", "--export"])
+    parts.append(f"--lung-attention {float(cfg.get('lung_attention') or 0):g}")  # explicit: configs may differ
+    if init:
+        parts.append(f"--init {init}")
+    return before + " ".join(parts + [f"--out {out}"] + (["--export"] if export else []))
 
 
 def _limitations(task) -> str:
