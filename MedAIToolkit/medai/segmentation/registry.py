@@ -21,7 +21,8 @@ class SegmentationTask:
     in_channels: int
     labels: dict
     output_values: dict
-    normalisation: str  # "minmax" (per image to 0-1) or "zscore" (per volume, foreground)
+    normalisation: str  # "minmax" (per image to 0-1), "zscore" (per volume, non-zero voxels), "zscore_head" (voxels
+    # above 10% of the 99th percentile: the head without air noise) or "window" (clip, then 0-1)
     patch_size: tuple
     network: dict = field(default_factory=dict)
     model_file: str = ""
@@ -75,15 +76,16 @@ TASKS: dict[str, SegmentationTask] = {
         in_channels=3,
         labels={1: ("tumour", (1.0, 0.85, 0.2))},
         output_values={0: 0, 1: 1},
-        normalisation="zscore",
+        normalisation="zscore_head",
         patch_size=(192, 192),
         network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
         model_file="brain-tumor.pt",
-        description="glioblastoma tumour mask on co-registered FLAIR + T1 post-contrast + T2 MRI, axial 1 mm slices",
+        description="enhancing glioblastoma (the TCIA MaskTumor) on co-registered T1 post-contrast + T1 pre-contrast "
+                    "+ FLAIR MRI (contrast uptake = post - pre), axial slices at 1 mm in-plane",
         slice_wise=True,
         spacing_mm=1.0,
         flips=True,
-        channels=("FLAIRreg", "T1post", "T2reg"),
+        channels=("T1post", "T1prereg", "FLAIRreg"),
     ),
 }
 
