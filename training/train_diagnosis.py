@@ -375,6 +375,8 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     initialised from another run is preceded by that run's own command."""
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     cfg, parts = summary["config"], ["python training/train_diagnosis.py", f"--task {task_name}"]
+    if cfg.get("config_file"):
+        parts.append(f"--config {cfg['config_file']}")
     init = summary["best"].get("init")
     before = ""
     if init and (Path(init).parent / "train_summary.json").exists():
@@ -449,6 +451,9 @@ def main() -> int:
 
     config_path = args.config or REPO / "training" / "configs" / f"{args.task}.yaml"
     config = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
+    if args.config:  # recorded, so that the model card's command names it
+        given = Path(args.config).resolve()
+        config["config_file"] = str(given.relative_to(REPO)) if given.is_relative_to(REPO) else args.config
     for key in ("network", "epochs", "seed", "balance", "lung_attention"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
