@@ -197,7 +197,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 batch, region = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
                 logits, features = net(batch, return_features=True)
                 loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg["label_smoothing"])
-                outside = energy_outside(contrast_maps(model.head.weight, features, task.image_size), region)
+                outside = energy_outside(contrast_maps(model.head.weight, features), region)
                 # the true class's map and the predicted class's map (what a user is shown)
                 pick = (F.one_hot(y_train[idx], task.num_classes) + F.one_hot(logits.detach().argmax(1), task.num_classes)).clamp(max=1)
                 outside = (outside * pick).sum(1) / pick.sum(1)
@@ -275,7 +275,7 @@ def heatmap_mass_in_lungs(model: torch.nn.Module, images: torch.Tensor, boxes: t
         return float("nan")
     model.eval()
     logits, features = model(images, return_features=True)
-    inside = heat_mass_inside_maps(contrast_maps(model.head.weight, features, images.shape[-1]), boxes)
+    inside = heat_mass_inside_maps(contrast_maps(model.head.weight, features), boxes)
     return float(inside.gather(1, logits.argmax(1, keepdim=True)).nan_to_num(0.0).mean())
 
 

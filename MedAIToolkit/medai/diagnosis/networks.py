@@ -49,35 +49,43 @@ class ClassContrast(nn.Module):
         return (n * logits - logits.sum(dim=1, keepdim=True)) / (n - 1)
 
 
-def contrast_maps(head_weight: torch.Tensor, features: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, classes, size, size) signed, differentiable class-contrast maps of a global-average-pool + linear head.
-
-    Map ``c`` is ``sum_k (w_ck - mean_other w_k) A_k`` (its mean over the image plus the bias is the
-    :class:`ClassContrast` score), bilinearly resized to the input. For such a head Grad-CAM's channel weights are
-    those head weights over the number of cells, so ``relu`` of this map shifted to a zero minimum is, up to a
-    scale factor, exactly the heat map MONAI's GradCAM draws for :class:`ClassContrast`; training can therefore
-    act on it without double backward.
+def contrast_maps(head_weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(N, classes, h, w) signed, differentiable class-contrast maps of a global-average-pool + linear head, on the
+    feature grid: map ``c`` is ``sum_k (w_ck - mean_other w_k) A_k`` (its mean plus the bias is the
+    :class:`ClassContrast` score). For such a head Grad-CAM's channel weights are those head weights over the number
+    of cells, so :func:`heat_maps` of these maps is, up to a scale factor, the map MONAI's GradCAM draws for
+    :class:`ClassContrast`: training can act on it without double backward.
     """
     n = head_weight.shape[0]
     contrast = (n * head_weight - head_weight.sum(dim=0, keepdim=True)) / (n - 1)
-    maps = torch.einsum("ck,bkhw->bchw", contrast, features)
+    return torch.einsum("ck,bkhw->bchw", contrast, features)
+
+
+def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) maps to the (size, size) input grid, as MONAI's CAM upsampler does."""
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def heat_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """What Grad-CAM shows of signed feature-grid maps: rectified, resized to the input, shifted to a zero minimum."""
+    heat = resize_maps(torch.relu(maps), size)
+    return heat - heat.amin(dim=(2, 3), keepdim=True)
+
+
 def energy_outside(maps: torch.Tensor, region: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(N, classes) share of each signed map's energy (sum of squares) outside ``region`` ((N, 1, S, S), 0-1).
+    """(N, classes) share of each signed map's energy (sum of squares) outside ``region`` ((N, 1, S, S), 0-1),
+    the maps resized to the region's grid.
 
     Zero when the class decision owes nothing to pixels outside the region. Unlike the mass of a rectified map
     it cannot be lowered by pushing the map below zero or by a constant offset; only evidence inside lowers it.
     """
-    energy = maps.square()
+    energy = resize_maps(maps, region.shape[-1]).square()
     return (energy * (1.0 - region)).sum(dim=(2, 3)) / (energy.sum(dim=(2, 3)) + eps)
 
 
 def heat_mass_inside_maps(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(N, classes) fraction of the displayed heat map's mass (rectified, shifted to a zero minimum) inside ``region``."""
-    heat = torch.relu(maps)
-    heat = heat - heat.amin(dim=(2, 3), keepdim=True)
+    """(N, classes) share of the shown heat map's mass inside ``region`` ((N, 1, S, S)); NaN for an empty map."""
+    heat = heat_maps(maps, region.shape[-1])
     total = heat.sum(dim=(2, 3))
     inside = (heat * region).sum(dim=(2, 3)) / total.clamp_min(1e-12)
     return torch.where(total > 0, inside, torch.full_like(inside, float("nan")))
