@@ -197,11 +197,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 batch, region = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
                 logits, features = net(batch, return_features=True)
                 loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg["label_smoothing"])
-                outside = energy_outside(contrast_maps(model.head.weight, features), region)
-                # the true class's map and the predicted class's map (what a user is shown)
-                pick = (F.one_hot(y_train[idx], task.num_classes) + F.one_hot(logits.detach().argmax(1), task.num_classes)).clamp(max=1)
-                outside = (outside * pick).sum(1) / pick.sum(1)
-                outside_loss = (outside * image_weights[idx]).sum() / image_weights[idx].sum()
+                outside_loss = energy_outside_lungs(model.head.weight, features, logits, y_train[idx], region,
+                                                    image_weights[idx])
                 loss = loss + attention * outside_loss
                 outside_losses.append(float(outside_loss.detach()))
             else:
@@ -265,6 +262,16 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         (out / "train_summary.json").write_text(json.dumps({"task": task.name, "best": best, "network": spec, "config": cfg},
                                                            indent=2))
     return best
+
+
+def energy_outside_lungs(head_weight, features, logits, labels, regions, weights) -> torch.Tensor:
+    """Weighted mean share of class-contrast map energy outside the lung regions, for the true class's map and
+    the predicted class's map (the one a user is shown)."""
+    classes = logits.shape[1]
+    outside = energy_outside(contrast_maps(head_weight, features), regions)
+    pick = (F.one_hot(labels, classes) + F.one_hot(logits.detach().argmax(1), classes)).clamp(max=1)
+    outside = (outside * pick).sum(1) / pick.sum(1)
+    return (outside * weights).sum() / weights.sum()
 
 
 @torch.no_grad()
