@@ -145,10 +145,12 @@ def lung_regions(recs: list[Record], size: int, prior_records: list[Record]) -> 
     boxed = [r for r in prior_records if r.lung_boxes]
     if not boxed:
         raise MedAIInputError("no records with lung boxes to build the lung prior from")
-    prior = lung_box_masks(boxed, size).mean(0)
+    own = [i for i, r in enumerate(recs) if r.lung_boxes]
+    unique = {r.path: r for r in boxed + [recs[i] for i in own]}  # each boxed image read once
+    masks = dict(zip(unique, lung_box_masks(list(unique.values()), size)))
+    prior = torch.stack([masks[r.path] for r in boxed]).mean(0)
     has_boxes = torch.tensor([bool(r.lung_boxes) for r in recs])
     regions = prior.expand(len(recs), 1, size, size).clone()
-    own = [i for i, r in enumerate(recs) if r.lung_boxes]
-    if own:
-        regions[own] = lung_box_masks([recs[i] for i in own], size)
+    for i in own:
+        regions[i] = masks[recs[i].path]
     return regions, has_boxes

@@ -69,11 +69,12 @@ class Classifier:
 
         array = check_xray_array(array, name)
         x = preprocess(array, self.image_size, name)[None].to(self.device).requires_grad_(True)
-        # MONAI's default post-processing maps (min, max) to (1, 0), i.e. inverts the map: scale it to (0, 1) instead
+        # MONAI's default post-processing maps (min, max) to (1, 0), i.e. inverts the map: keep it raw here and
+        # scale it to (0, 1) once, on the image grid
         cam = GradCAM(nn_module=ClassContrast(self.model), target_layers=gradcam_layer(self.network_spec, "model."),
-                      postprocessing=unit_range)
+                      postprocessing=lambda maps: maps)
         with torch.enable_grad():
-            result = cam(x, class_idx=class_index)  # (1, 1, S, S), normalised to 0-1
+            result = cam(x, class_idx=class_index)  # (1, 1, S, S), rectified
         result = result.detach().float().cpu()
         full = unit_range(F.interpolate(result, size=array.shape, mode="bilinear", align_corners=False))[0, 0]
         return full.clamp_(0.0, 1.0).numpy().astype(np.float32)
