@@ -387,8 +387,7 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     init = summary["best"].get("init")
     before = ""
     if init and (Path(init).parent / "train_summary.json").exists():
-        init_summary = json.loads((Path(init).parent / "train_summary.json").read_text())
-        init_task = init_summary.get("task") or ("pneumonia" if "pneumonia" in Path(init).parent.name else task_name)
+        init_task = torch.load(init, map_location="cpu", weights_only=False)["task"]  # every checkpoint names its task
         before = reproduce_command(init_task, str(Path(init).parent), export=False) + " && "
     if cfg.get("network"):
         parts.append(f"--network {cfg['network']}")
