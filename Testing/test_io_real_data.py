@@ -142,3 +142,51 @@ def test_volume_node_round_trip_keeps_geometry_and_values(scene, data_dir):
     np.testing.assert_array_equal(back.array, volume.array)
     back.array[:] = 0  # a copy: the node's voxels are untouched
     assert __import__("slicer").util.arrayFromVolume(node).max() > 0
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+@pytest.mark.parametrize("study", ["PGBM-001/19911119", "PGBM-003/19950329"])
+def test_slice_grid_keeps_the_acquired_slices_of_a_tilted_mri(data_dir, study):
+    """The slice-wise networks' grid of a tilted 6.5 mm-slice MRI holds the acquired slices (resampled in-plane
+    only): every grid slice lies in its acquired plane, the slice count is kept, the axes point the LPS way,
+    and the tumour mask survives the round trip grid -> input grid (true axial planes kept only 0.81-0.88)."""
+    from medai.io import resample_like, resample_to_slice_grid
+
+    root = data_dir / "brain_mri/brain_tumor_progression" / study
+    t1 = read_volume(str(root / "T1post"))
+    mask = read_volume(str(root / "MaskTumor")).array > 0
+    tilt = np.degrees(np.arccos(abs(t1.geometry.direction_lps[2, 2])))
+    assert tilt > 9.0  # the data really is oblique: the test means something
+
+    grid = resample_to_slice_grid(t1, 1.0)
+    assert grid.array.shape[0] == t1.array.shape[0]
+    np.testing.assert_allclose(grid.geometry.spacing_mm, [1.0, 1.0, t1.geometry.spacing_mm[2]], atol=1e-6)
+    assert np.all(np.diag(grid.geometry.direction_lps) > 0.95)  # columns ~L, rows ~P, slices ~S
+    normal = t1.geometry.direction_lps[:, 2]
+    acquired = t1.geometry.index_to_lps([[0, 0, k] for k in range(t1.array.shape[0])]) @ normal
+    for k in (0, grid.array.shape[0] // 2, grid.array.shape[0] - 1):  # three corners of each grid slice
+        corners = [[0, 0, k], [grid.array.shape[2] - 1, 0, k], [0, grid.array.shape[1] - 1, k]]
+        heights = grid.geometry.index_to_lps(corners) @ normal
+        assert np.abs(heights[:, None] - acquired[None]).min(axis=1).max() < 1e-3, f"grid slice {k} off-plane"
+
+    on_grid = resample_like(mask.astype(np.float32), t1.geometry, grid, "linear") > 0.5
+    back = resample_like(on_grid.astype(np.float32), grid.geometry, t1, "linear") > 0.5
+    assert _dice(back, mask) > 0.9  # measured 0.924 / 0.905 (1 mm in-plane vs 0.69 mm acquired)
+
+
+def test_slice_grid_of_an_axis_aligned_flipped_volume_is_an_exact_reordering():
+    """No interpolation where none is needed: a volume stored with flipped rows and slices comes back
+    as the same voxels in LPS order, on the same physical points."""
+    from medai.geometry import Geometry
+    from medai.io import resample_to_slice_grid
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 1000, (6, 5, 4)).astype(np.float32)
+    flipped = Geometry((1.0, 1.0, 2.5), (10.0, 20.0, 30.0), np.diag([1.0, -1.0, -1.0]))
+    grid = resample_to_slice_grid(Volume(array, flipped), 1.0)
+    np.testing.assert_array_equal(grid.geometry.direction_lps, np.eye(3))
+    np.testing.assert_array_equal(grid.array, array[::-1, ::-1, :])
+    np.testing.assert_allclose(grid.geometry.index_to_lps([0, 0, 0]), flipped.index_to_lps([0, 4, 5]), atol=1e-9)

@@ -2,7 +2,7 @@
 from .dicom import is_dicom_file, list_series, read_dicom_series
 from .dicom_write import write_xray_dicom
 from .volume import (
-    Volume, check_image_values, has_volume_suffix, read_volume, resample_like, resample_to_axial, resample_volume,
+    Volume, check_image_values, has_volume_suffix, read_volume, resample_like, resample_to_slice_grid, resample_volume,
     write_volume,
 )
 from .xray import XRayImage, read_xray
@@ -10,5 +10,5 @@ from .info import describe
 
 __all__ = [
     "Volume", "XRayImage", "check_image_values", "describe", "has_volume_suffix", "is_dicom_file",
-    "list_series", "read_dicom_series", "read_volume", "resample_like", "resample_to_axial", "resample_volume", "read_xray", "write_volume", "write_xray_dicom",
+    "list_series", "read_dicom_series", "read_volume", "resample_like", "resample_to_slice_grid", "resample_volume", "read_xray", "write_volume", "write_xray_dicom",
 ]

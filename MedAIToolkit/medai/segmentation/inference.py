@@ -6,7 +6,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..errors import MedAIInputError
-from ..io import Volume, resample_like, resample_to_axial
+from ..io import Volume, resample_like, resample_to_slice_grid
 from ..models import load_state
 from .networks import build_network
 from .registry import SegmentationTask, get_task
@@ -84,16 +84,16 @@ class Segmenter:
     def segment_volume(self, volume, batch_slices: int = 8, progress=None) -> np.ndarray:
         """Slice-wise task on a 3D volume -> uint8 class map ``[k, j, i]`` on the input's exact grid.
 
-        The volume is resampled to the task's axial grid, each slice is segmented, and the class
+        The volume is resampled in-plane onto the task's slice grid (its own slices kept), each slice is segmented, and the class
         probabilities are resampled back (linear) before the argmax; ``progress(fraction)`` is called per batch.
         """
         task = self.task
         if not task.slice_wise:
             raise MedAIInputError(f"task '{task.name}' is not a slice-wise volume task")
-        axial_array, axial = axial_input(volume, task)
+        grid_array, grid = slice_input(volume, task)
         volume = volume[0] if isinstance(volume, (list, tuple)) else volume
-        slices = torch.from_numpy(np.moveaxis(normalise(axial_array, task), 0, 1).astype(np.float32))
-        probabilities = np.empty((task.out_channels, *axial.array.shape), np.float32)
+        slices = torch.from_numpy(np.moveaxis(normalise(grid_array, task), 0, 1).astype(np.float32))
+        probabilities = np.empty((task.out_channels, *grid.array.shape), np.float32)
         for start in range(0, len(slices), batch_slices):
             x = slices[start:start + batch_slices].to(self.device)
             logits = sliding_window_inference(x, task.patch_size, sw_batch_size=4, predictor=self.model,
@@ -101,7 +101,7 @@ class Segmenter:
             probabilities[:, start:start + len(x)] = torch.softmax(logits, 1).permute(1, 0, 2, 3).cpu().numpy()
             if progress:
                 progress(min(1.0, (start + len(x)) / len(slices)))
-        back = np.stack([resample_like(p, axial.geometry, volume, "linear") for p in probabilities])
+        back = np.stack([resample_like(p, grid.geometry, volume, "linear") for p in probabilities])
         return back.argmax(0).astype(np.uint8)
 
     def to_output_values(self, classes: np.ndarray) -> np.ndarray:
@@ -112,8 +112,9 @@ class Segmenter:
         return lut[classes]
 
 
-def axial_input(volumes, task: SegmentationTask):
-    """(C, K, H, W) array of the task's channels on the canonical axial grid of the first, and that grid."""
+def slice_input(volumes, task: SegmentationTask):
+    """(C, K, H, W) array of the task's channels on the slice grid of the first (its slices, in-plane at the
+    task's spacing, axes ordered like LPS: see :func:`resample_to_slice_grid`), and that grid."""
     volumes = list(volumes) if isinstance(volumes, (list, tuple)) else [volumes]
     if len(volumes) != task.in_channels:
         names = f" ({', '.join(task.channels)})" if task.channels else ""
@@ -122,11 +123,11 @@ def axial_input(volumes, task: SegmentationTask):
         if volume.array.ndim != 3 or min(volume.array.shape) < 2:
             raise MedAIInputError(f"task '{task.name}' needs 3D volumes, input {index} has shape {volume.array.shape}")
         check_input(volume.array.reshape(volume.array.shape[0], -1), _as_2d(task), f"input volume {index}")
-    axial = resample_to_axial(volumes[0], task.spacing_mm, "linear")
-    channels = [axial.array.astype(np.float32)]
+    grid = resample_to_slice_grid(volumes[0], task.spacing_mm, "linear")
+    channels = [grid.array.astype(np.float32)]
     for volume in volumes[1:]:
-        channels.append(resample_like(volume.array.astype(np.float32), volume.geometry, axial, "linear"))
-    return np.stack(channels), axial
+        channels.append(resample_like(volume.array.astype(np.float32), volume.geometry, grid, "linear"))
+    return np.stack(channels), grid
 
 
 def predict_case(segmenter: Segmenter, case: dict) -> np.ndarray:

@@ -27,7 +27,7 @@ class SegmentationTask:
     network: dict = field(default_factory=dict)
     model_file: str = ""
     description: str = ""
-    slice_wise: bool = False  # a 2D network applied to every axial slice of a 3D volume
+    slice_wise: bool = False  # a 2D network applied to every acquired slice of a 3D volume
     spacing_mm: float | None = None  # in-plane spacing slices are resampled to (slice-wise tasks)
     window: tuple | None = None  # intensity clip (e.g. HU) before scaling to 0-1 ("window" normalisation)
     flips: bool = True  # flips / 90-degree rotations are valid augmentations (not for left-right anatomy)
@@ -81,7 +81,7 @@ TASKS: dict[str, SegmentationTask] = {
         network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
         model_file="brain-tumor.pt",
         description="enhancing glioblastoma (the TCIA MaskTumor) on co-registered T1 post-contrast + T1 pre-contrast "
-                    "+ FLAIR MRI (contrast uptake = post - pre), axial slices at 1 mm in-plane",
+                    "+ FLAIR MRI (contrast uptake = post - pre), the acquired slices at 1 mm in-plane",
         slice_wise=True,
         spacing_mm=1.0,
         flips=True,
