@@ -185,11 +185,28 @@ def test_shipped_brain_model_reproduces_its_card_on_the_held_out_patient(data_di
 
     card = read_card("brain-tumor")
     segmenter = Segmenter("brain-tumor")
-    (case,) = load_split("brain-tumor", "test")
+    (case,) = load_split("brain-tumor", "test", card["training"]["train_case"])
     prediction = predict_case(segmenter, case)
     assert prediction.shape == case["volume"][0].array.shape
     dice, _ = dice_iou(prediction, case["label"], 1)
     assert abs(dice - card["held_out"]["per_case"][case["id"]]["tumour"]["dice"]) < 0.01
+
+
+def test_brain_split_is_by_patient_in_both_directions(data_dir):
+    """Training/validation slices come from the training patient only, the other patient's studies are the test
+    cases; the reverse direction cannot be recorded from a run on the shipped model's own patient."""
+    from medai.segmentation.data import brain_studies
+    from train_segmentation import record_reverse
+
+    for patient, other in (("PGBM-001", "PGBM-003"), ("PGBM-003", "PGBM-001")):
+        studies = brain_studies(patient)
+        assert studies["train"] and all(s.startswith(patient) for s in studies["train"])
+        assert studies["test"] and all(s.startswith(other) for s in studies["test"])
+    with pytest.raises(MedAIInputError, match="unknown brain-tumor training patient 'PGBM-999'"):
+        brain_studies("PGBM-999")
+    shipped = read_card("brain-tumor")["training"]["train_case"]
+    with pytest.raises(SystemExit, match="needs the other patient"):
+        record_reverse("brain-tumor", "no-such-run", {"train_case": shipped}, "")
 
 
 def test_brain_task_needs_its_three_contrasts(data_dir, tmp_path):

