@@ -39,6 +39,19 @@ def test_training_resumes_from_last_checkpoint(data_dir, tmp_path):
     assert len(resumed["losses"]) == 2 and resumed["losses"][0] == first["losses"][0]
 
 
+def test_final_weights_are_shipped_when_validation_is_too_small_to_choose_by(data_dir, tmp_path):
+    import torch
+    from train_segmentation import train
+
+    cfg = {"epochs": 2, "iterations_per_epoch": 1, "batch_size": 2, "val_every": 1, "seed": 3,
+           "select_on_validation": False}
+    train("em-membranes", str(tmp_path), cfg, progress=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    final = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(best[k], final[k]) for k in final)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[-1] != ""  # validation still logged
+
+
 def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("epochs: 1\niterations_per_epoch: 2\nbatch_size: 2\nval_every: 1\nthreads: 2\n")

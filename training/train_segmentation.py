@@ -5,8 +5,10 @@
     torchrun --nproc_per_node 2 training/train_segmentation.py --task em-membranes ...   # DDP (gloo on CPU)
 
 Writes to ``--out``: ``metrics.csv`` (per epoch: loss, per-label validation Dice/IoU, lr, seconds),
-``last.pt`` (resumable: model, optimiser, scheduler, epoch, best score), ``best.pt``. ``--export`` evaluates the
-best checkpoint on the held-out split and writes ``Resources/Models/<task>.pt`` + its model card.
+``last.pt`` (resumable: model, optimiser, scheduler, epoch, best score), ``best.pt`` (the model to ship: the
+checkpoint with the best validation Dice, or the final weights with ``select_on_validation: false``, for
+validation sets too small to choose by). ``--export`` evaluates ``best.pt`` on the held-out split and writes
+``Resources/Models/<task>.pt`` + its model card.
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         if val_cases and ((epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]):
             scores = evaluate(task, model, val_cases, device)
             score = float(np.mean([s["dice"] for s in scores.values()]))
-            if score > best:
+            if score > best and cfg.get("select_on_validation", True):
                 best = score
                 torch.save(_unwrap(model).state_dict(), out_dir / "best.pt")
         with open(metrics_path, "a", newline="") as f:
@@ -197,6 +199,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         if progress:
             shown = ", ".join(f"{n} Dice {s['dice']:.4f}" for n, s in scores.items()) if scores else ""
             print(f"epoch {epoch + 1}: loss {losses[-1]:.4f} {shown}", flush=True)
+    if rank == 0 and not cfg.get("select_on_validation", True) and last_epoch == cfg["epochs"]:
+        torch.save(_unwrap(model).state_dict(), out_dir / "best.pt")  # the final weights are the model
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
