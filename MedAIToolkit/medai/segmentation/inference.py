@@ -6,7 +6,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..errors import MedAIInputError
-from ..io import Volume, resample_like, resample_to_slice_grid
+from ..io import resample_like, resample_to_slice_grid
 from ..models import load_state
 from .networks import build_network
 from .registry import SegmentationTask, get_task
