@@ -54,6 +54,18 @@ def test_a_few_real_training_steps_reduce_the_loss(data_dir, tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 4
 
 
+def test_augmentation_is_fixed_by_its_seed():
+    """Same seed, same augmented images (a seeded run can be reproduced); another seed, other images."""
+    import torch
+    from train_diagnosis import Augmentation
+
+    image = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    first, again, other = Augmentation(64, 5), Augmentation(64, 5), Augmentation(64, 6)
+    a = [first(image) for _ in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(a, [again(image) for _ in range(4)]))
+    assert not all(torch.equal(x, y) for x, y in zip(a, [other(image) for _ in range(4)]))
+
+
 def test_lung_regions_are_the_drawn_boxes_or_the_lung_prior(data_dir):
     from medai.diagnosis.data import lung_box_masks, lung_regions
 

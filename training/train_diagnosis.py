@@ -68,17 +68,18 @@ class Augmentation:
             RandShiftIntensity,
         )
 
-        transforms = Compose([
-            RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
-                       translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros"),
+        self.spatial = RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
+                                  translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros")
+        self.intensity = Compose([
             RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
             RandScaleIntensity(factors=0.15, prob=0.5),
             RandShiftIntensity(offsets=0.08, prob=0.5),
             RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
             RandGaussianNoise(prob=0.3, std=0.02),
         ])
-        transforms.set_random_state(seed=seed)
-        self.spatial, self.intensity = transforms.transforms[0], Compose(transforms.transforms[1:])
+        # seeded AFTER building: a new Compose re-draws its transforms' random states from fresh entropy
+        self.spatial.set_random_state(seed=seed)
+        self.intensity.set_random_state(seed=seed + 1)
 
     def __call__(self, image: torch.Tensor, region: torch.Tensor | None = None):
         stacked = image if region is None else torch.cat([image, region])
