@@ -222,6 +222,13 @@ def evaluate_held_out(task_name: str, out: str, config: dict) -> tuple[dict, dic
     return mean, per_case, seconds
 
 
+def held_out_record(mean: dict, per_case: dict) -> dict:
+    """The model card's ``held_out`` entry: mean and per-case Dice/IoU per label, 4 decimals."""
+    return {"split": "test", "mean": mean,
+            "per_case": {k: {n: {m: round(x, 4) for m, x in s.items()} for n, s in v.items()}
+                         for k, v in per_case.items()}}
+
+
 def export(task_name: str, out: str, config: dict, command: str) -> dict:
     """Evaluate ``best.pt`` on the held-out split and ship it with a model card."""
     from medai.models import save_model
@@ -237,9 +244,7 @@ def export(task_name: str, out: str, config: dict, command: str) -> dict:
         "labels": {str(k): v[0] for k, v in task.labels.items()},
         "output_values": {str(k): v for k, v in task.output_values.items()},
         **describe_split(task_name, **split_args),
-        "held_out": {"split": "test", "mean": mean,
-                     "per_case": {k: {n: {m: round(x, 4) for m, x in s.items()} for n, s in v.items()}
-                                  for k, v in per_case.items()}},
+        "held_out": held_out_record(mean, per_case),
         "cpu_seconds_per_case": round(seconds, 3),
         "training": {k: v for k, v in config.items()},
         "command": command,
@@ -261,9 +266,7 @@ def record_reverse(task_name: str, out: str, config: dict, command: str) -> dict
     mean, per_case, _ = evaluate_held_out(task_name, out, config)
     card["reverse_direction"] = {
         "train_case": config["train_case"],
-        "held_out": {"split": "test", "mean": mean,
-                     "per_case": {k: {n: {m: round(x, 4) for m, x in s.items()} for n, s in v.items()}
-                                  for k, v in per_case.items()}},
+        "held_out": held_out_record(mean, per_case),
         "command": command,
         "note": "same recipe trained on the other patient; not shipped, reported for the cross-patient claim in "
                 "both directions"}
