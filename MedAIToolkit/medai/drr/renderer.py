@@ -35,6 +35,7 @@ class PreparedCT:
     offset_ijk: np.ndarray  # index of the crop's first voxel in the original volume, (i, j, k)
     geometry: Geometry  # geometry of the ORIGINAL (uncropped) volume
     shape_kji: tuple  # original shape
+    tissue_ijk: np.ndarray | None = None  # (N, 3) sample of voxel indices (original volume) inside the body
     _planes: dict | None = None
 
     @property
@@ -53,6 +54,22 @@ class PreparedCT:
             perm = _PLANES[axis][0]
             self._planes[axis] = self.mu.permute(*perm).contiguous().unsqueeze(1)
         return self._planes[axis]
+
+
+TISSUE_THRESHOLD_HU = -300.0
+"""Voxels above this are the patient (and table): they must lie between the source and the detector."""
+
+
+def tissue_points_ijk(hu: np.ndarray, threshold_hu: float = TISSUE_THRESHOLD_HU, max_points: int = 4096,
+                      seed: int = 0) -> np.ndarray:
+    """(N, 3) float (i, j, k) indices of up to ``max_points`` voxels above ``threshold_hu`` (fixed random sample)."""
+    k, j, i = np.nonzero(hu > threshold_hu)
+    if len(k) == 0:
+        return np.empty((0, 3))
+    if len(k) > max_points:
+        keep = np.random.default_rng(seed).choice(len(k), max_points, replace=False)
+        k, j, i = k[keep], j[keep], i[keep]
+    return np.stack([i, j, k], axis=1).astype(np.float64)
 
 
 def prepare_ct(volume: Volume, device: str | torch.device = "cpu", mu_water_per_mm: float | None = None,
@@ -74,7 +91,8 @@ def prepare_ct(volume: Volume, device: str | torch.device = "cpu", mu_water_per_
     crop = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     kwargs = {} if mu_water_per_mm is None else {"mu_water_per_mm": mu_water_per_mm}
     mu = torch.from_numpy(np.ascontiguousarray(hu_to_mu(crop, **kwargs), dtype=np.float32)).to(device)
-    return PreparedCT(mu, np.array([lo[2], lo[1], lo[0]], dtype=np.float64), volume.geometry, tuple(hu.shape))
+    return PreparedCT(mu, np.array([lo[2], lo[1], lo[0]], dtype=np.float64), volume.geometry, tuple(hu.shape),
+                      tissue_points_ijk(hu))
 
 
 def pose_matrices(ct: PreparedCT, poses) -> np.ndarray:
@@ -86,18 +104,31 @@ def pose_matrices(ct: PreparedCT, poses) -> np.ndarray:
     return np.stack([p.matrix(ct.centre_ras) for p in poses])
 
 
+def crosses_segment(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray) -> bool:
+    """True when the cropped volume's bounding box reaches behind the source or beyond the detector plane
+    (air, table corners): rays must then be clipped to the source-detector segment.
+
+    Raises when the body itself (voxels above ``TISSUE_THRESHOLD_HU``) does: that is physically impossible.
+    """
+    ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
+    detector_z, source_z = carm.sdd_mm - carm.sid_mm, -carm.sid_mm
+    if ct.tissue_ijk is not None and len(ct.tissue_ijk):
+        depth = ct.tissue_ijk @ ijk_to_carm[2, :3] + ijk_to_carm[2, 3]
+        if depth.min() <= source_z or depth.max() >= detector_z:
+            raise MedAIInputError(
+                f"the body in the CT is not entirely between the X-ray source and the detector at this pose "
+                f"(body depth {depth.min():.0f}..{depth.max():.0f} mm; source at {source_z:.0f}, "
+                f"detector at {detector_z:.0f} mm)")
+    k, j, i = ct.mu.shape
+    corners = (np.stack(np.meshgrid([-1, i], [-1, j], [-1, k], indexing="ij"), -1).reshape(-1, 3)
+               + ct.offset_ijk)
+    depth = corners @ ijk_to_carm[2, :3] + ijk_to_carm[2, 3]
+    return bool(depth.min() <= source_z or depth.max() >= detector_z)
+
+
 def rays_in_index_space(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray):
     """Source (3,) and detector pixel centres (H, W, 3) in the CROPPED volume's (i, j, k) index space."""
     ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
-    k, j, i = ct.mu.shape
-    corners = (np.stack(np.meshgrid([0, i - 1], [0, j - 1], [0, k - 1], indexing="ij"), -1).reshape(-1, 3)
-               + ct.offset_ijk)
-    depth = corners @ ijk_to_carm[2, :3] + ijk_to_carm[2, 3]  # C-arm z of the body's bounding box corners
-    if depth.min() <= -carm.sid_mm or depth.max() >= carm.sdd_mm - carm.sid_mm:
-        raise MedAIInputError(
-            f"the CT volume is not entirely between the X-ray source and the detector at this pose "
-            f"(depth {depth.min():.0f}..{depth.max():.0f} mm; source at {-carm.sid_mm:.0f}, "
-            f"detector at {carm.sdd_mm - carm.sid_mm:.0f} mm)")
     carm_to_ijk = np.linalg.inv(ijk_to_carm)
     source = carm_to_ijk[:3, :3] @ carm.source_carm() + carm_to_ijk[:3, 3] - ct.offset_ijk
     targets = carm.pixel_centres_carm() @ carm_to_ijk[:3, :3].T + carm_to_ijk[:3, 3] - ct.offset_ijk
@@ -105,10 +136,12 @@ def rays_in_index_space(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndar
 
 
 @torch.inference_mode()
-def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray, chunk_planes: int | None = None) -> torch.Tensor:
+def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray, chunk_planes: int | None = None,
+                clip_segment: bool = False) -> torch.Tensor:
     """Line integrals (H, W) of ``ct.mu`` along rays from ``source_ijk`` to each of ``targets_ijk`` (H, W, 3).
 
-    Index-space inputs refer to the cropped volume; samples outside it count as zero.
+    Index-space inputs refer to the cropped volume; samples outside it count as zero. ``clip_segment`` drops
+    samples behind the source or beyond the detector pixel (needed when the volume crosses either).
     """
     device = ct.device
     spacing = torch.as_tensor(ct.geometry.spacing_mm, dtype=torch.float64)
@@ -127,6 +160,7 @@ def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray,
     base_y = float(s[y_axis])
     step_mm = ((d * spacing).norm(dim=-1) / da.abs()).to(torch.float32).to(device)  # path length per plane
     scale_x, scale_y = 2.0 / max(width_s - 1, 1), 2.0 / max(height_s - 1, 1)
+    da_device = da.to(torch.float32).to(device)
 
     height, width = d.shape[:2]
     total = torch.zeros(height, width, dtype=torch.float32, device=device)
@@ -138,16 +172,21 @@ def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray,
         torch.addcmul(torch.tensor(base_x * scale_x - 1.0, device=device), offset, ratio_x * scale_x, out=grid[..., 0])
         torch.addcmul(torch.tensor(base_y * scale_y - 1.0, device=device), offset, ratio_y * scale_y, out=grid[..., 1])
         samples = F.grid_sample(planes[start:start + len(n)], grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=True)
-        total += samples.sum(dim=0)[0]
+                                align_corners=True)[:, 0]
+        if clip_segment:  # ray parameter of each sample: 0 at the source, 1 at the detector pixel
+            t = offset / da_device
+            samples = samples * ((t >= 0) & (t <= 1))
+        total += samples.sum(dim=0)
     return total * step_mm
+
+
+def render_matrix(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, chunk_planes: int | None = None) -> torch.Tensor:
+    """DRR line integrals (H, W) for one 4x4 RAS -> C-arm matrix."""
+    clip = crosses_segment(ct, carm, ras_to_carm)
+    source, targets = rays_in_index_space(ct, carm, ras_to_carm)
+    return render_rays(ct, source, targets, chunk_planes, clip_segment=clip)
 
 
 def render(ct: PreparedCT, carm: CArmGeometry, poses, chunk_planes: int | None = None) -> torch.Tensor:
     """DRR line integrals (B, H, W) for one or more poses (Pose, list of Pose, or (B, 6) array)."""
-    matrices = pose_matrices(ct, poses)
-    images = []
-    for matrix in matrices:
-        source, targets = rays_in_index_space(ct, carm, matrix)
-        images.append(render_rays(ct, source, targets, chunk_planes))
-    return torch.stack(images)
+    return torch.stack([render_matrix(ct, carm, matrix, chunk_planes) for matrix in pose_matrices(ct, poses)])

@@ -1,0 +1,135 @@
+"""The agent: a Q-network plus its settings; greedy inference with coarse-to-fine step sizes; agent files.
+
+Inference: at each step the DRR at the current pose is rendered, the Q-network scores the allowed actions and the
+best one is taken. When the agent oscillates (returns to a pose it visited at this step size) or no action is
+expected to help, the step size shrinks to the next level; after the finest level, or the step budget, it stops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MedAIModelError
+from ..models import load_state, save_model
+from .environment import Environment
+from .poses import ACTION_NAMES, MODE_ACTIONS, RigidPose, action_delta
+from .qnetwork import QNetwork
+
+DEFAULT_LEVELS = ((6.0, 3.0), (3.0, 1.5), (1.5, 0.75))
+"""(step mm, step deg) from coarse to fine."""
+SHIPPED_AGENT = "registration-agent"
+
+
+@dataclass
+class AgentSettings:
+    ct_spacing_mm: float = 3.0
+    work_size: int = 128
+    patch: int = 64
+    levels: tuple = DEFAULT_LEVELS
+    max_steps: int = 60
+
+    def to_dict(self) -> dict:
+        return {"ct_spacing_mm": self.ct_spacing_mm, "work_size": self.work_size, "patch": self.patch,
+                "levels": [list(level) for level in self.levels], "max_steps": self.max_steps}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AgentSettings":
+        values = dict(values)
+        values["levels"] = tuple(tuple(level) for level in values.get("levels", DEFAULT_LEVELS))
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Agent:
+    network: QNetwork
+    settings: AgentSettings = field(default_factory=AgentSettings)
+    card: dict = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, settings: AgentSettings | None = None, **network_kwargs) -> "Agent":
+        settings = settings or AgentSettings()
+        return cls(QNetwork(patch=settings.patch, **network_kwargs), settings)
+
+    def q_values(self, state: torch.Tensor) -> np.ndarray:
+        self.network.eval()
+        with torch.inference_mode():
+            return self.network(state[None])[0].double().numpy()
+
+    def save(self, path, card: dict | None = None) -> Path:
+        """``path`` (.pt) and its card ``<stem>.json`` (settings, network config, SHA-256)."""
+        path = Path(path)
+        full = {**self.card, **(card or {}), "kind": "registration-agent", "settings": self.settings.to_dict(),
+                "network": self.network.config}
+        return save_model(path.stem, self.network.state_dict(), full, path.parent)
+
+    @classmethod
+    def load(cls, path=None) -> "Agent":
+        """Load an agent file (checksum-verified against its card); ``None``: the shipped generic agent."""
+        if path is None:
+            state, card = load_state(SHIPPED_AGENT)
+        else:
+            path = Path(path)
+            if not path.exists():
+                raise MedAIModelError(f"agent file not found: {path}")
+            state, card = load_state(path.stem, path.parent)
+        if card.get("kind") != "registration-agent":
+            raise MedAIModelError(f"{card.get('file', path)} is not a registration agent (card kind "
+                                  f"{card.get('kind')!r})")
+        network = QNetwork(**card["network"])
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as exc:
+            raise MedAIModelError(f"agent weights do not match the network in its card: {exc}") from exc
+        network.eval()
+        return cls(network, AgentSettings.from_dict(card["settings"]), card)
+
+
+@dataclass
+class Trajectory:
+    poses: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # {"step", "action", "step_mm", "step_deg", "similarity"}
+    stop_reason: str = ""
+
+
+def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d", max_steps: int | None = None,
+              cancel=None, on_step=None) -> tuple[RigidPose, Trajectory]:
+    """Greedy argmax steps from ``init``; returns the final pose and the trajectory."""
+    allowed = np.array(MODE_ACTIONS[mode])
+    levels = agent.settings.levels
+    max_steps = agent.settings.max_steps if max_steps is None else max_steps
+    pose, level, visited = init, 0, []
+    trajectory = Trajectory()
+    for step in range(max_steps + 1):
+        state, moving = env.state(pose)
+        trajectory.poses.append(pose)
+        similarity = env.similarity(moving)
+        if step == max_steps:
+            trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
+            trajectory.stop_reason = "step budget"
+            break
+        if cancel is not None and cancel():
+            trajectory.rows.append({"step": step, "action": "cancelled", "similarity": similarity})
+            trajectory.stop_reason = "cancelled"
+            break
+        q = agent.q_values(state)[allowed]
+        key = np.round(np.concatenate([pose.translation, pose.rotation.ravel() * 100]), 2)
+        revisit = any(np.allclose(key, other, atol=1e-3) for other in visited)
+        if revisit or q.max() <= 0:
+            level += 1
+            visited = []
+            if level == len(levels):
+                trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
+                trajectory.stop_reason = "converged" if not revisit else "oscillation at finest step"
+                break
+        visited.append(key)
+        action = int(allowed[int(np.argmax(q))])
+        step_mm, step_deg = levels[level]
+        trajectory.rows.append({"step": step, "action": ACTION_NAMES[action], "step_mm": step_mm,
+                                "step_deg": step_deg, "similarity": similarity})
+        pose = pose.moved(action_delta(action, step_mm, step_deg))
+        if on_step is not None:
+            on_step(step, max_steps)
+    return pose, trajectory

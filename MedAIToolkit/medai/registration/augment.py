@@ -1,0 +1,82 @@
+"""Simulated fluoroscopy (frames from DRRs) and CT augmentation, for training and benchmarks.
+
+``fluoroscopy_like``: line integrals -> detected quanta (Poisson, ``photons`` per pixel unattenuated) -> log ->
+blur -> display gamma / contrast / offset -> collimation (circular image intensifier or rectangular shutters) and
+a truncated field of view; the result is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
+``augment_ct``: HU scale and offset, noise, a random crop and a smooth random deformation.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..geometry import Geometry
+from ..io import Volume
+
+
+def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
+                     collimate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image, field mask) of a degraded frame from DRR line integrals (H, W). ``strength`` 0 returns the DRR."""
+    image = np.asarray(line_integrals, dtype=np.float64)
+    height, width = image.shape
+    mask = np.ones(image.shape, bool)
+    if strength <= 0:
+        return image.astype(np.float32), mask
+    photons = 10 ** rng.uniform(2.5, 4.5) / strength
+    quanta = rng.poisson(photons * np.exp(-np.clip(image, 0, 30))).astype(np.float64)
+    image = -np.log(np.maximum(quanta, 0.5) / photons)
+    sigma = rng.uniform(0.0, 1.5 * strength) * max(height, width) / 128
+    if sigma > 0.2:
+        image = ndimage.gaussian_filter(image, sigma)
+    low, high = np.percentile(image, [0.5, 99.5])
+    image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    image = image ** np.exp(rng.uniform(-0.4, 0.4) * strength)
+    image = image * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2) * strength
+    if collimate:
+        rows, cols = np.mgrid[0:height, 0:width]
+        kind = rng.uniform()
+        if kind < 0.35 * strength:  # image intensifier: a circle, dark (unexposed = "no signal") outside
+            radius = rng.uniform(0.45, 0.6) * min(height, width)
+            centre = (height / 2 + rng.uniform(-0.05, 0.05) * height, width / 2 + rng.uniform(-0.05, 0.05) * width)
+            mask &= (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+        if rng.uniform() < 0.5 * strength:  # shutters / truncated field of view on up to two sides
+            for _ in range(rng.integers(1, 3)):
+                side = rng.integers(4)
+                cut = int(rng.uniform(0.03, 0.2) * (height if side < 2 else width))
+                if side == 0:
+                    mask[:cut] = False
+                elif side == 1:
+                    mask[height - cut:] = False
+                elif side == 2:
+                    mask[:, :cut] = False
+                else:
+                    mask[:, width - cut:] = False
+        if not mask.all():
+            image = np.where(mask, image, image.max() + 0.1 if rng.uniform() < 0.5 else image.min() - 0.1)
+    return image.astype(np.float32), mask
+
+
+def augment_ct(volume: Volume, rng: np.random.Generator, crop: float = 0.15, deform_mm: float = 6.0) -> Volume:
+    """A randomly altered copy of a HU volume (the input is not modified)."""
+    hu = volume.array.astype(np.float32)
+    shape = np.array(hu.shape)
+    lo = (rng.uniform(0, crop, 3) * shape).astype(int)
+    hi = shape - (rng.uniform(0, crop, 3) * shape).astype(int)
+    hu = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    origin = volume.geometry.index_to_lps(np.array([lo[2], lo[1], lo[0]], float))
+    geometry = Geometry(volume.geometry.spacing_mm, origin, volume.geometry.direction_lps)
+    if deform_mm > 0:
+        spacing = volume.geometry.spacing_mm[::-1]  # (k, j, i)
+        coarse = [max(2, s // 16) for s in hu.shape]
+        grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in hu.shape], indexing="ij")
+        coords = []
+        for axis in range(3):
+            field = rng.normal(0, deform_mm / spacing[axis], coarse).astype(np.float32)
+            field = ndimage.zoom(field, np.array(hu.shape) / np.array(coarse), order=3)[: hu.shape[0], : hu.shape[1],
+                                                                                         : hu.shape[2]]
+            coords.append(grid[axis] + field)
+        hu = ndimage.map_coordinates(hu, coords, order=1, mode="nearest").astype(np.float32)
+    body = hu > -500
+    hu = np.where(body, hu * rng.uniform(0.85, 1.15) + rng.uniform(-60, 60), hu)
+    hu = hu + rng.normal(0, rng.uniform(0, 30), hu.shape).astype(np.float32)
+    return Volume(hu, geometry, dict(volume.meta))

@@ -1,0 +1,142 @@
+"""The registration environment: fixed frame vs. DRR of the CT at the current pose, on a small working detector.
+
+The frame's detector is re-binned onto a ``work_size`` x ``work_size`` grid covering the same field of view (the
+geometry, not the pixel count, is what matters), so one agent serves any C-arm. The state is the pair of
+normalised (0-1) patches at two resolutions: the whole field of view pooled to ``patch`` x ``patch`` (coarse) and
+its central half at full working resolution (fine): channels (fixed coarse, moving coarse, fixed fine, moving fine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..drr.geometry import CArmGeometry
+from ..drr.renderer import PreparedCT, render_matrix
+from ..errors import MedAIInputError
+from .poses import RigidPose
+
+WORK_SIZE = 128
+PATCH = 64
+
+
+def work_geometry(carm: CArmGeometry, size: int = WORK_SIZE) -> CArmGeometry:
+    """The same detector (field of view, principal point, distances) sampled on ``size`` x ``size`` pixels."""
+    scale_r, scale_c = carm.height / size, carm.width / size
+    return CArmGeometry(carm.sdd_mm, carm.sid_mm, size, size, carm.row_spacing_mm * scale_r,
+                        carm.col_spacing_mm * scale_c, (carm.principal_row + 0.5) / scale_r - 0.5,
+                        (carm.principal_col + 0.5) / scale_c - 0.5)
+
+
+def resize_image(image, size: int) -> torch.Tensor:
+    """(H, W) -> (size, size) float32, anti-aliased when shrinking."""
+    tensor = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image,
+                             dtype=torch.float32)[None, None]
+    shrink = tensor.shape[-1] > size or tensor.shape[-2] > size
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=shrink, align_corners=False)[0, 0]
+
+
+def normalise(image: torch.Tensor, mask: torch.Tensor, low_q: float = 0.01, high_q: float = 0.99) -> torch.Tensor:
+    """Map the masked values' [low_q, high_q] quantiles to [0, 1] (clipped); outside the mask 0. (..., H, W)."""
+    flat = image.reshape(-1, image.shape[-2] * image.shape[-1])
+    keep = mask.reshape(-1)
+    out = torch.empty_like(flat)
+    for n in range(flat.shape[0]):
+        values = flat[n, keep] if keep.any() else flat[n]
+        low, high = torch.quantile(values, torch.tensor([low_q, high_q]))
+        out[n] = ((flat[n] - low) / torch.clamp(high - low, min=1e-6)).clamp(0, 1)
+    return out.reshape(image.shape) * mask
+
+
+def patches(image: torch.Tensor, patch: int = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """(work, work) -> coarse (patch, patch) whole field of view, fine (patch, patch) central crop."""
+    work = image.shape[-1]
+    coarse = F.adaptive_avg_pool2d(image[None, None], patch)[0, 0]
+    start = (work - patch) // 2
+    fine = image[start:start + patch, start:start + patch] if work >= 2 * patch else resize_image(
+        image[work // 4: work - work // 4, work // 4: work - work // 4], patch)
+    return coarse, fine
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Normalised cross-correlation of two images inside ``mask``."""
+    x, y = a[mask].double(), b[mask].double()
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum()).clamp(min=1e-12))
+
+
+@dataclass
+class FixedImage:
+    """The frame on the working grid: ``image`` (S, S), ``mask`` (S, S) bool, and its state patches."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    carm: CArmGeometry
+    coarse: torch.Tensor
+    fine: torch.Tensor
+    coarse_mask: torch.Tensor
+    fine_mask: torch.Tensor
+
+    @classmethod
+    def build(cls, image, mask, carm_work: CArmGeometry) -> "FixedImage":
+        image = torch.as_tensor(image, dtype=torch.float32)
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        coarse_mask, fine_mask = (m > 0.99 for m in patches(mask.float()))
+        coarse, fine = patches(image)
+        return cls(image, mask, carm_work, normalise(coarse, coarse_mask), normalise(fine, fine_mask),
+                   coarse_mask, fine_mask)
+
+    @classmethod
+    def from_frame(cls, frame, size: int = WORK_SIZE) -> "FixedImage":
+        mask = resize_image(frame.mask.astype(np.float32), size) > 0.99
+        return cls.build(resize_image(frame.image, size), mask, work_geometry(frame.carm, size))
+
+
+class Environment:
+    """Renders the moving DRR for a pose and builds the agent's state against a fixed frame."""
+
+    def __init__(self, ct: PreparedCT, centre_ras, fixed: FixedImage):
+        self.ct = ct
+        self.centre_ras = np.asarray(centre_ras, dtype=np.float64)
+        self.fixed = fixed
+
+    def moving(self, pose: RigidPose) -> torch.Tensor:
+        return render_matrix(self.ct, self.fixed.carm, pose.matrix(self.centre_ras))
+
+    def state(self, pose: RigidPose) -> tuple[torch.Tensor, torch.Tensor]:
+        """(4, P, P) state tensor and the moving DRR (S, S) at ``pose``."""
+        moving = self.moving(pose)
+        return build_state(self.fixed, moving), moving
+
+    def similarity(self, moving: torch.Tensor) -> float:
+        return ncc(self.fixed.image, moving, self.fixed.mask)
+
+
+def build_state(fixed: FixedImage, moving: torch.Tensor) -> torch.Tensor:
+    coarse, fine = patches(moving)
+    return torch.stack([fixed.coarse, normalise(coarse, fixed.coarse_mask), fixed.fine,
+                        normalise(fine, fixed.fine_mask)])
+
+
+def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, mask: np.ndarray | None = None,
+                  min_fraction: float = 0.2) -> float:
+    """Share of the body's sample points that project inside the frame's field; raises below ``min_fraction``."""
+    if ct.tissue_ijk is None or not len(ct.tissue_ijk):
+        return 1.0
+    ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
+    points = ct.tissue_ijk @ ijk_to_carm[:3, :3].T + ijk_to_carm[:3, 3]
+    scale = carm.sdd_mm / (points[:, 2] + carm.sid_mm)
+    cols = points[:, 0] * scale / carm.col_spacing_mm + carm.principal_col
+    rows = points[:, 1] * scale / carm.row_spacing_mm + carm.principal_row
+    inside = (cols >= 0) & (cols <= carm.width - 1) & (rows >= 0) & (rows <= carm.height - 1)
+    if mask is not None and inside.any():
+        r, c = np.round(rows[inside]).astype(int), np.round(cols[inside]).astype(int)
+        inside[np.flatnonzero(inside)] = np.asarray(mask)[r, c]
+    fraction = float(inside.mean())
+    if fraction < min_fraction:
+        raise MedAIInputError(
+            f"the CT and the frame do not overlap at the initial pose: only {100 * fraction:.0f}% of the body "
+            f"projects into the frame's field (check the initial pose, the C-arm angles and the geometry)")
+    return fraction

@@ -1,0 +1,136 @@
+"""Register a fluoroscopy frame to a CT: the agent, then (optionally) intensity-based refinement.
+
+``Registrar(volume, agent)`` prepares the CT once (attenuation volumes at the agent's and the refinement's
+resolutions); ``register(frame, init_pose)`` is then the per-frame work whose time is reported.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..drr.geometry import Pose
+from ..drr.renderer import prepare_ct
+from ..errors import MedAIInputError
+from ..io import Volume, resample_volume
+from .agent import Agent, run_agent
+from .environment import Environment, FixedImage, check_overlap
+from .frame import Frame
+from .poses import MODE_ACTIONS, RigidPose, pose_distance
+from .refine import RefineLevel, refine
+
+REFINE_LEVELS = ({"ct_spacing_mm": None, "work_size": 64, "sigma_px": 1.0, "iterations": 6},
+                 {"ct_spacing_mm": 2.0, "work_size": 128, "sigma_px": 0.7, "iterations": 6})
+"""Refinement pyramid: ``ct_spacing_mm`` None = the agent's CT."""
+DEFAULT_CONFIDENCE = {"features": ["similarity", "refine_shift_mm"], "coef": [40.0, -0.3], "intercept": -36.0,
+                      "calibrated_on": "default (uncalibrated) coefficients"}
+
+
+@dataclass
+class RegistrationResult:
+    pose: Pose
+    matrix: np.ndarray
+    agent_pose: Pose
+    agent_matrix: np.ndarray
+    init_pose: Pose
+    steps: int
+    seconds: float
+    similarity: float
+    agent_similarity: float
+    confidence: float
+    trajectory: list
+    mode: str
+    refined: bool
+    stop_reason: str
+    timings: dict = field(default_factory=dict)
+    features: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"pose": self.pose.as_array().round(4).tolist(), "matrix": np.round(self.matrix, 6).tolist(),
+                "agent_pose": self.agent_pose.as_array().round(4).tolist(),
+                "agent_matrix": np.round(self.agent_matrix, 6).tolist(),
+                "init_pose": self.init_pose.as_array().round(4).tolist(), "steps": self.steps,
+                "seconds": round(self.seconds, 4), "similarity": round(self.similarity, 6),
+                "agent_similarity": round(self.agent_similarity, 6), "confidence": round(self.confidence, 4),
+                "mode": self.mode, "refined": self.refined, "stop_reason": self.stop_reason,
+                "timings": {k: round(v, 4) for k, v in self.timings.items()},
+                "features": {k: round(v, 6) for k, v in self.features.items()},
+                "pose_convention": "tx ty tz (mm, C-arm frame) rx ry rz (deg about the CT centre); matrix: RAS -> "
+                                   "C-arm (docs/pose_convention.md)",
+                "trajectory": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+                               for row in self.trajectory]}
+
+
+def confidence_from(features: dict, model: dict | None = None) -> float:
+    """Logistic estimate that the result is within 2 mm (coefficients calibrated by the benchmark)."""
+    model = model or DEFAULT_CONFIDENCE
+    z = model["intercept"] + sum(c * features[name] for name, c in zip(model["features"], model["coef"]))
+    return float(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+
+
+class Registrar:
+    """A CT prepared for registration with one agent."""
+
+    def __init__(self, volume: Volume, agent: Agent | None = None, device: str = "cpu"):
+        self.agent = agent if agent is not None else Agent.load()
+        self.device = device
+        self.centre_ras = volume.geometry.centre_ras(volume.array.shape)
+        prepared = {}
+        for spacing in {self.agent.settings.ct_spacing_mm, *(level["ct_spacing_mm"] for level in REFINE_LEVELS
+                                                             if level["ct_spacing_mm"])}:
+            prepared[spacing] = prepare_ct(_resampled(volume, spacing), device=device)
+        self.cts = prepared
+        self.agent_ct = prepared[self.agent.settings.ct_spacing_mm]
+        ct = self.agent_ct
+        self.body_points_ras = ct.geometry.index_to_ras(ct.tissue_ijk) if ct.tissue_ijk is not None else np.empty((0, 3))
+
+    def register(self, frame: Frame, init_pose: Pose | None = None, mode: str = "2d3d", refine_result: bool = True,
+                 max_steps: int | None = None, cancel=None, on_step=None) -> RegistrationResult:
+        if mode not in MODE_ACTIONS:
+            raise MedAIInputError(f"unknown registration mode '{mode}' (2d3d or 2d2d)")
+        init_pose = init_pose if init_pose is not None else (frame.nominal_pose or Pose())
+        if not isinstance(init_pose, Pose):
+            init_pose = Pose.from_array(init_pose)
+        start = time.perf_counter()
+        settings = self.agent.settings
+        init = RigidPose.from_pose(init_pose)
+        check_overlap(self.agent_ct, frame.carm, init.matrix(self.centre_ras), frame.mask)
+        fixed = FixedImage.from_frame(frame, settings.work_size)
+        env = Environment(self.agent_ct, self.centre_ras, fixed)
+        t_prep = time.perf_counter()
+        agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
+        t_agent = time.perf_counter()
+        agent_similarity = trajectory.rows[-1]["similarity"]
+        pose, similarity, refine_log = agent_pose, agent_similarity, []
+        if refine_result and not trajectory.stop_reason == "cancelled":
+            levels = []
+            for level in REFINE_LEVELS:
+                ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
+                levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), level["sigma_px"],
+                                          iterations=level["iterations"]))
+            pose, similarity, refine_log = refine(levels, agent_pose, self.centre_ras, mode, cancel)
+        end = time.perf_counter()
+        shift = pose_distance(pose.error_to(agent_pose))
+        features = {"similarity": float(similarity), "agent_similarity": float(agent_similarity),
+                    "refine_shift_mm": float(shift)}
+        confidence = confidence_from(features, self.agent.card.get("confidence"))
+        return RegistrationResult(
+            pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),
+            init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
+            trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
+            {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
+             "refine_iterations": float(len(refine_log))}, features)
+
+
+def _resampled(volume: Volume, spacing_mm: float) -> Volume:
+    if np.all(np.abs(volume.geometry.spacing_mm - spacing_mm) < 1e-6):
+        return volume
+    return resample_volume(volume, (spacing_mm,) * 3)
+
+
+def mtre_of(result_matrix: np.ndarray, truth_matrix: np.ndarray, points_ras: np.ndarray) -> float:
+    """Mean 3D distance (mm) between body points mapped by two RAS -> C-arm matrices."""
+    points = np.c_[points_ras, np.ones(len(points_ras))]
+    return float(np.mean(np.linalg.norm((points @ result_matrix.T - points @ truth_matrix.T)[:, :3], axis=1)))

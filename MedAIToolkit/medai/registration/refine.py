@@ -1,0 +1,122 @@
+"""Intensity-based refinement after the agent: Levenberg-Marquardt on the normalised cross-correlation.
+
+The residual is ``f - m(p)`` of the fixed and moving images, each smoothed, zero-mean and unit-norm inside the
+frame's field, so its squared norm is ``2 (1 - NCC)``; with ``gradients=True`` the images are their x/y
+gradients (gradient correlation, robust to intensity differences). The Jacobian is taken by finite differences
+of the six C-arm-frame parameters. Multi-resolution: each level has its own CT, detector grid and smoothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..drr.renderer import PreparedCT, render_matrix
+from .environment import FixedImage
+from .poses import MODE_ACTIONS, RigidPose
+
+
+@dataclass
+class RefineLevel:
+    ct: PreparedCT
+    fixed: FixedImage
+    sigma_px: float = 1.0
+    gradients: bool = False
+    iterations: int = 6
+    fd_step: tuple = (0.5, 0.5, 1.0, 0.25, 0.25, 0.25)  # mm, mm, mm, deg, deg, deg
+
+
+def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return image
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(F.pad(image[None, None], (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return out[0, 0]
+
+
+class _Residual:
+    def __init__(self, level: RefineLevel, centre_ras):
+        self.level, self.centre = level, centre_ras
+        mask = level.fixed.mask
+        if level.gradients:  # gradients need both neighbours inside the field
+            mask = mask.clone()
+            mask[1:-1, 1:-1] &= mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+            mask[[0, -1], :] = False
+            mask[:, [0, -1]] = False
+        self.mask = mask
+        self.target = self._features(level.fixed.image)
+
+    def _features(self, image: torch.Tensor) -> torch.Tensor:
+        image = _smooth(image, self.level.sigma_px)
+        if self.level.gradients:
+            gx = torch.zeros_like(image)
+            gy = torch.zeros_like(image)
+            gx[:, 1:-1] = image[:, 2:] - image[:, :-2]
+            gy[1:-1] = image[2:] - image[:-2]
+            parts = [gx[self.mask], gy[self.mask]]
+        else:
+            parts = [image[self.mask]]
+        out = []
+        for part in parts:
+            part = part.double() - part.double().mean()
+            out.append(part / part.norm().clamp(min=1e-12))
+        return torch.cat(out) / np.sqrt(len(out))
+
+    def __call__(self, pose: RigidPose) -> torch.Tensor:
+        moving = render_matrix(self.level.ct, self.level.fixed.carm, pose.matrix(self.centre))
+        return self.target - self._features(moving)
+
+
+def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "2d3d", cancel=None) -> tuple[RigidPose, float, list]:
+    """Refine ``pose`` level by level; returns (pose, final similarity in [-1, 1], per-iteration log)."""
+    dofs = [0, 1, 5] if mode == "2d2d" else list(range(6))
+    log = []
+    similarity = float("nan")
+    for index, level in enumerate(levels):
+        residual = _Residual(level, centre_ras)
+        r = residual(pose)
+        cost = float(r @ r)
+        damping = 1e-3
+        steps = np.asarray(level.fd_step, dtype=np.float64)
+        for iteration in range(level.iterations):
+            if cancel is not None and cancel():
+                break
+            jac = torch.empty(r.shape[0], len(dofs), dtype=torch.float64)
+            for col, dof in enumerate(dofs):
+                delta = np.zeros(6)
+                delta[dof] = steps[dof]
+                jac[:, col] = (residual(pose.moved(delta)) - r) / steps[dof]
+            jtj = (jac.T @ jac).numpy()
+            jtr = (jac.T @ r).numpy()
+            improved = False
+            for _ in range(4):
+                a = jtj + damping * np.diag(np.diag(jtj) + 1e-12)
+                try:
+                    update = -np.linalg.solve(a, jtr)
+                except np.linalg.LinAlgError:
+                    damping *= 10
+                    continue
+                delta = np.zeros(6)
+                delta[dofs] = update
+                # keep a step inside the region where a linear model holds
+                delta[:3] = np.clip(delta[:3], -10, 10)
+                delta[3:] = np.clip(delta[3:], -5, 5)
+                candidate = pose.moved(delta)
+                r_new = residual(candidate)
+                cost_new = float(r_new @ r_new)
+                if cost_new < cost:
+                    pose, r, cost, improved = candidate, r_new, cost_new, True
+                    damping = max(damping / 10, 1e-6)
+                    break
+                damping *= 10
+            log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
+            if not improved or np.abs(delta[:3]).max() < 0.02 and np.abs(delta[3:]).max() < 0.01:
+                break
+        similarity = 1.0 - cost / 2.0
+    return pose, similarity, log

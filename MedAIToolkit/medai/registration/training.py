@@ -1,0 +1,319 @@
+"""Training the agent: supervised regression of pre-computed Q-values on states the agent itself visits.
+
+Episodes run in parallel: each has a (randomly augmented) CT, a random C-arm (SDD, SID, field of view), a true
+pose (a view within LAO/RAO +/-45 deg and CRA/CAU +/-25 deg, off by up to ``max_translation_mm`` /
+``max_rotation_deg`` per parameter), its fluoroscopy-like frame, and a current pose starting at the nominal view.
+Each iteration renders the current states, stores them with their exact Q-values (:func:`poses.q_values`: the
+reduction of the distance to the true pose each action brings) in a replay buffer, takes a few regression steps,
+then moves every episode by an epsilon-greedy action with the same coarse-to-fine rule as inference (DAgger-style:
+training visits the states the agent itself reaches).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..drr.geometry import CArmGeometry, Pose
+from ..drr.renderer import PreparedCT, prepare_ct, render_matrix
+from ..errors import MedAIInputError
+from ..io import Volume, resample_volume
+from .agent import Agent, AgentSettings, run_agent
+from .augment import augment_ct, fluoroscopy_like
+from .environment import Environment, FixedImage, build_state, work_geometry
+from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
+
+
+@dataclass
+class TrainingConfig:
+    iterations: int = 3000
+    minutes: float | None = None  # stop after this wall-clock time (whichever comes first)
+    batch_episodes: int = 32  # episodes stepped (new states) per iteration
+    pool_episodes: int = 96
+    updates_per_iteration: int = 2
+    minibatch: int = 64
+    replay_size: int = 8000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epsilon_start: float = 0.6
+    epsilon_end: float = 0.1
+    episode_steps: int = 45
+    max_translation_mm: float = 25.0
+    max_rotation_deg: float = 12.0
+    primary_deg: float = 45.0  # LAO/RAO range
+    secondary_deg: float = 25.0  # CRA/CAU range
+    sdd_mm: tuple = (900.0, 1300.0)
+    sid_mm: tuple = (550.0, 850.0)
+    fov_mm: tuple = (220.0, 420.0)
+    aspect: tuple = (0.8, 1.25)
+    fluoro_strength: float = 1.0
+    ct_augment: bool = True
+    ct_variants: int = 4  # augmented copies per training CT kept at once
+    ct_refresh_every: int = 150  # iterations between replacing one augmented copy
+    validate_every: int = 250
+    validation_cases: int = 16
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    settings: dict = field(default_factory=lambda: AgentSettings().to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise MedAIInputError(f"unknown training settings: {sorted(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) and k != "settings" else v for k, v in values.items()}
+        return cls(**values)
+
+
+@dataclass
+class Case:
+    """One registration problem: CT index, working geometry, truth, fixed image, nominal (initial) pose."""
+
+    ct_index: int
+    carm: CArmGeometry
+    truth: RigidPose
+    fixed: FixedImage
+    init: RigidPose
+
+
+def sample_carm(rng: np.random.Generator, config: TrainingConfig, work_size: int) -> CArmGeometry:
+    sdd = rng.uniform(*config.sdd_mm)
+    sid = rng.uniform(config.sid_mm[0], min(config.sid_mm[1], sdd - 250.0))
+    fov = rng.uniform(*config.fov_mm)
+    aspect = rng.uniform(*config.aspect)
+    return CArmGeometry(sdd, sid, work_size, work_size, fov * math.sqrt(aspect) / work_size,
+                        fov / math.sqrt(aspect) / work_size)
+
+
+def sample_case(rng: np.random.Generator, cts: list[PreparedCT], centres: list, config: TrainingConfig,
+                work_size: int, index: int | None = None) -> Case:
+    """A random case (retries until the body lies between source and detector)."""
+    for _ in range(50):
+        ct_index = int(rng.integers(len(cts))) if index is None else index
+        carm = sample_carm(rng, config, work_size)
+        primary, secondary = rng.uniform(-config.primary_deg, config.primary_deg), rng.uniform(
+            -config.secondary_deg, config.secondary_deg)
+        nominal = Pose(rx=-secondary, rz=-primary)
+        t, r = config.max_translation_mm, config.max_rotation_deg
+        offsets = np.r_[rng.uniform(-t, t, 3), rng.uniform(-r, r, 3)]
+        truth = RigidPose.from_pose(Pose.from_array(nominal.as_array() + offsets))
+        try:
+            line_integrals = render_matrix(cts[ct_index], carm, truth.matrix(centres[ct_index])).numpy()
+            RigidPose.from_pose(nominal).matrix(centres[ct_index])
+        except MedAIInputError:
+            continue
+        image, mask = fluoroscopy_like(line_integrals, rng, config.fluoro_strength)
+        if mask.mean() < 0.3:
+            continue
+        return Case(ct_index, carm, truth, FixedImage.build(image, mask, carm), RigidPose.from_pose(nominal))
+    raise MedAIInputError("could not draw a valid training case (is the CT far larger than the C-arm?)")
+
+
+class _Episode:
+    def __init__(self, case: Case):
+        self.case, self.pose, self.level, self.steps, self.visited = case, case.init, 0, 0, []
+
+
+def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str):
+    base = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(volume, (spacing,) * 3)
+    if augment:
+        base = augment_ct(base, rng)
+    return prepare_ct(base, device=device), base.geometry.centre_ras(base.array.shape)
+
+
+def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = None, agent: Agent | None = None,
+                validation_volumes: list[Volume] | None = None, resume: bool = False, progress: bool = True,
+                log=print) -> Agent:
+    """Train (or fine-tune ``agent``) on ``volumes``; writes last.pt, metrics.csv, config.json into ``out_dir``."""
+    config = config or TrainingConfig()
+    if not volumes:
+        raise MedAIInputError("training the agent needs at least one CT volume")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    settings = agent.settings if agent is not None else AgentSettings.from_dict(config.settings)
+    agent = agent or Agent.new(settings)
+    network = agent.network.to(config.device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start_iteration = 0
+    checkpoint = out / "last.pt"
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_iteration = int(state["iteration"])
+        rng = np.random.default_rng([config.seed, start_iteration])
+        log(f"resumed from {checkpoint} at iteration {start_iteration}")
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+    spacing = settings.ct_spacing_mm
+    slots = [(v, n) for v in range(len(volumes)) for n in range(config.ct_variants if config.ct_augment else 1)]
+    prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device) for v, _ in slots]
+    cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
+    validation = _validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
+
+    pool = [_Episode(sample_case(rng, cts, centres, config, settings.work_size)) for _ in range(config.pool_episodes)]
+    allowed = np.array(MODE_ACTIONS["2d3d"])
+    replay_states = torch.zeros(config.replay_size, 4, settings.patch, settings.patch, dtype=torch.float16)
+    replay_targets = torch.zeros(config.replay_size, len(allowed))
+    stored = 0
+    metrics_path = out / "metrics.csv"
+    new_file = not (resume and metrics_path.exists())
+    metrics = open(metrics_path, "a" if not new_file else "w", newline="")
+    writer = csv.writer(metrics)
+    if new_file:
+        writer.writerow(["iteration", "seconds", "loss", "epsilon", "episodes_done", "done_final_error_mm",
+                         "val_agent_mtre_median", "val_success_10mm", "val_heldout_mtre_median",
+                         "val_heldout_success_10mm"])
+    tensorboard = _tensorboard(out)
+    from tqdm import tqdm
+
+    started = time.time()
+    losses, finished = [], []
+    bar = tqdm(range(start_iteration, config.iterations), desc="agent", unit="it", disable=not progress,
+               initial=start_iteration, total=config.iterations)
+    iteration = start_iteration
+    for iteration in bar:
+        fraction = iteration / max(config.iterations - 1, 1)
+        epsilon = config.epsilon_start + (config.epsilon_end - config.epsilon_start) * fraction
+        if config.ct_augment and iteration and iteration % config.ct_refresh_every == 0:
+            slot = int(rng.integers(len(slots)))
+            cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device)
+            for episode in pool:
+                if episode.case.ct_index == slot:
+                    episode.steps = config.episode_steps  # forces a reset on the new CT
+        chosen = rng.choice(len(pool), config.batch_episodes, replace=False)
+        states, targets, used = [], [], []
+        for index in chosen:
+            episode = pool[index]
+            case = episode.case
+            try:
+                moving = render_matrix(cts[case.ct_index], case.carm, episode.pose.matrix(centres[case.ct_index]))
+            except MedAIInputError:
+                pool[index] = _Episode(sample_case(rng, cts, centres, config, settings.work_size))
+                continue
+            states.append(build_state(case.fixed, moving))
+            used.append(index)
+            step_mm, step_deg = settings.levels[episode.level]
+            targets.append(q_values(episode.pose.error_to(case.truth), step_mm, step_deg))
+        if not states:
+            continue
+        states_t = torch.stack(states)
+        targets_t = torch.as_tensor(np.array(targets), dtype=torch.float32)
+        network.eval()
+        with torch.no_grad():
+            predicted = network(states_t.to(config.device)).cpu().double().numpy()
+        slots_to_fill = (np.arange(len(states)) + stored) % config.replay_size
+        replay_states[slots_to_fill] = states_t.half()
+        replay_targets[slots_to_fill] = targets_t
+        stored += len(states)
+        # regression on the replay buffer
+        network.train()
+        available = min(stored, config.replay_size)
+        for _ in range(config.updates_per_iteration):
+            pick = torch.as_tensor(rng.integers(0, available, min(config.minibatch, available)))
+            loss = torch.nn.functional.smooth_l1_loss(network(replay_states[pick].float().to(config.device)),
+                                                      replay_targets[pick].to(config.device), beta=0.5)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss))
+        # move the episodes: epsilon-greedy with the inference rule for step sizes
+        for row, index in enumerate(used):
+            episode = pool[index]
+            q = predicted[row]
+            key = np.round(np.concatenate([episode.pose.translation, episode.pose.rotation.ravel() * 100]), 2)
+            if any(np.allclose(key, k, atol=1e-3) for k in episode.visited) or q.max() <= 0:
+                episode.level += 1
+                episode.visited = []
+            episode.visited.append(key)
+            episode.steps += 1
+            if episode.level >= len(settings.levels) or episode.steps >= config.episode_steps:
+                finished.append(float(np.linalg.norm(episode.pose.error_to(episode.case.truth)[:3])))
+                pool[index] = _Episode(sample_case(rng, cts, centres, config, settings.work_size))
+                continue
+            action = int(rng.integers(len(allowed))) if rng.uniform() < epsilon else int(np.argmax(q))
+            episode.pose = episode.pose.moved(action_delta(action, *settings.levels[episode.level]))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", eps=f"{epsilon:.2f}")
+        done_now = iteration + 1
+        val = {}
+        if config.validate_every and (done_now % config.validate_every == 0 or done_now == config.iterations):
+            val = _validate(agent, validation, len(volumes))
+            log(f"iteration {done_now}: loss {np.mean(losses[-50:]):.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+        if done_now % 20 == 0 or val:
+            writer.writerow([done_now, round(time.time() - started, 1), round(float(np.mean(losses[-20:])), 5),
+                             round(epsilon, 3), len(finished), round(float(np.median(finished[-100:])), 2) if finished else "",
+                             *[round(val[k], 3) if k in val else "" for k in ("val_agent_mtre_median", "val_success_10mm",
+                                                                              "val_heldout_mtre_median", "val_heldout_success_10mm")]])
+            metrics.flush()
+            if tensorboard is not None:
+                tensorboard.add_scalar("loss", float(np.mean(losses[-20:])), done_now)
+                for k, v in val.items():
+                    tensorboard.add_scalar(k, v, done_now)
+        if done_now % config.checkpoint_every == 0 or done_now == config.iterations:
+            _save_checkpoint(checkpoint, network, optimiser, done_now)
+        if config.minutes is not None and time.time() - started > 60 * config.minutes:
+            log(f"time limit of {config.minutes} min reached at iteration {done_now}")
+            _save_checkpoint(checkpoint, network, optimiser, done_now)
+            break
+    bar.close()
+    metrics.close()
+    network.eval()
+    agent.card = {**agent.card, "trained_iterations": iteration + 1}
+    return agent
+
+
+def _save_checkpoint(path: Path, network, optimiser, iteration: int) -> None:
+    tmp = path.with_suffix(".part")
+    torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(), "iteration": iteration}, tmp)
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _validation_cases(volumes: list[Volume], n_train: int, config: TrainingConfig, settings: AgentSettings):
+    """Fixed cases (own seed) on the un-augmented CTs: training CTs first, then held-out ones."""
+    if not config.validate_every or not config.validation_cases:
+        return []
+    rng = np.random.default_rng(10_000 + config.seed)
+    prepared = [_prepare(v, settings.ct_spacing_mm, rng, False, config.device) for v in volumes]
+    cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
+    cases = []
+    for index in range(len(volumes)):
+        for _ in range(config.validation_cases):
+            case = sample_case(rng, cts, centres, config, settings.work_size, index=index)
+            cases.append((index, case, cts[index], centres[index]))
+    return cases
+
+
+def _validate(agent: Agent, cases, n_train: int) -> dict:
+    from .pipeline import mtre_of
+
+    errors = {"train": [], "heldout": []}
+    for index, case, ct, centre in cases:
+        env = Environment(ct, centre, case.fixed)
+        pose, _ = run_agent(agent, env, case.init)
+        points = ct.geometry.index_to_ras(ct.tissue_ijk)
+        errors["train" if index < n_train else "heldout"].append(
+            mtre_of(pose.matrix(centre), case.truth.matrix(centre), points))
+    out = {}
+    for name, prefix in (("train", "val_agent"), ("heldout", "val_heldout")):
+        if errors[name]:
+            out[f"{prefix}_mtre_median"] = float(np.median(errors[name]))
+            out[f"{prefix.replace('_agent', '')}_success_10mm"] = float(np.mean(np.array(errors[name]) < 10))
+    return out
