@@ -112,6 +112,62 @@ def _cmd_diagnose(args) -> int:
     return status
 
 
+def _cmd_register(args) -> int:
+    import torch
+
+    from .drr import Pose
+    from .registration import Agent, Registrar, load_frame
+
+    torch.set_num_threads(args.threads)
+    spacing = args.pixel_spacing
+    if spacing is not None and len(spacing) not in (1, 2):
+        raise MedAIInputError(f"--pixel-spacing takes one or two values, got {len(spacing)}")
+    frame = load_frame(args.frame, args.size, spacing, args.sdd, args.sid, args.invert)
+    if args.init is not None:
+        init = Pose.from_array(args.init)
+    elif args.angles is not None:
+        from .drr import pose_from_positioner
+
+        init = pose_from_positioner(*args.angles)
+    elif frame.nominal_pose is not None:
+        init = frame.nominal_pose
+    else:
+        raise MedAIInputError("no initial pose: give --init TX TY TZ RX RY RZ or --angles PRIMARY SECONDARY "
+                              "(the frame has no DICOM positioner angles)")
+    agent = Agent.load(args.agent)
+    registrar = Registrar(_load_ct(args.ct, None), agent, device=args.device)
+    result = registrar.register(frame, init, args.mode, refine_result=not args.no_refine, max_steps=args.max_steps)
+    record = {"ct": args.ct, "frame": args.frame, "agent": args.agent or "shipped", "carm": frame.carm.to_dict(),
+              **result.to_dict()}
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+    warning = "  LOW CONFIDENCE: check the fusion before relying on it" if result.confidence < 0.5 else ""
+    print(f"medai register: pose {' '.join(f'{v:.2f}' for v in result.pose.as_array())} after {result.steps} agent "
+          f"steps in {result.seconds:.2f} s, similarity {result.similarity:.4f}, confidence {result.confidence:.2f}"
+          f" -> {args.out}{warning}")
+    return 0
+
+
+def _cmd_train_agent(args) -> int:
+    import torch
+
+    from .registration import Agent
+    from .registration.training import TrainingConfig, train_agent
+
+    torch.set_num_threads(args.threads)
+    base = Agent.load(args.agent)
+    config = TrainingConfig(iterations=args.iterations, minutes=args.minutes, seed=args.seed, device=args.device,
+                            lr=args.lr, epsilon_start=0.3, validate_every=0, settings=base.settings.to_dict())
+    work = args.work_dir or (args.out + ".run")
+    agent = train_agent([_load_ct(args.ct, None)], work, config, agent=base, resume=args.resume)
+    card = {"description": "patient-specific fine-tune of the registration agent", "fine_tuned_on": args.ct,
+            "base_agent": args.agent or "shipped", "minutes": args.minutes,
+            "confidence": base.card.get("confidence")}
+    path = agent.save(args.out, {k: v for k, v in card.items() if v is not None})
+    print(f"medai train-agent: wrote {path} (+ card {path.with_suffix('.json').name})")
+    return 0
+
+
 def _add_carm_arguments(parser, size=(256, 256), spacing=1.6) -> None:
     parser.add_argument("--ct", required=True, help="CT: DICOM folder or NIfTI/NRRD/MHA file (HU)")
     parser.add_argument("--size", type=int, nargs=2, default=list(size), metavar=("H", "W"), help="detector pixels")
@@ -156,6 +212,41 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-rotation", type=float, default=10.0, help="+/- degrees per axis")
     gen.add_argument("--patch-size", type=int, default=64, help="side of the normalised patches")
     gen.set_defaults(func=_cmd_gen_dataset)
+
+    register = sub.add_parser("register", help="register a fluoroscopy frame to a CT (agent + refinement)")
+    register.add_argument("--ct", required=True, help="CT: DICOM folder or NIfTI/NRRD/MHA file (HU)")
+    register.add_argument("--frame", required=True, help="frame: DICOM XA/RF/DX, .png/.jpg (bright = attenuating) or .npy")
+    register.add_argument("--init", type=float, nargs=6, metavar=("TX", "TY", "TZ", "RX", "RY", "RZ"),
+                          help="initial pose (docs/pose_convention.md); default: the frame's positioner angles")
+    register.add_argument("--angles", type=float, nargs=2, metavar=("PRIMARY", "SECONDARY"),
+                          help="initial pose from C-arm angles (LAO+ / CRA+ degrees) instead of --init")
+    register.add_argument("--out", required=True, help="result JSON")
+    register.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="frame pixels (checked)")
+    register.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM", help="detector pixel spacing")
+    register.add_argument("--sdd", type=float, help="source-to-detector distance (mm)")
+    register.add_argument("--sid", type=float, help="source-to-isocentre distance (mm)")
+    register.add_argument("--invert", action="store_true", help="the frame is bright = less attenuation (raw fluoro)")
+    register.add_argument("--agent", help="agent file (default: the shipped generic agent)")
+    register.add_argument("--no-refine", action="store_true", help="agent only, no intensity-based refinement")
+    register.add_argument("--mode", choices=["2d3d", "2d2d"], default="2d3d")
+    register.add_argument("--max-steps", type=int, help="agent step budget (default: the agent's)")
+    register.add_argument("--device", default="cpu")
+    register.add_argument("--threads", type=int, default=2, help="CPU threads")
+    register.set_defaults(func=_cmd_register)
+
+    train = sub.add_parser("train-agent", help="fine-tune the registration agent on one patient's CT")
+    train.add_argument("--ct", required=True, help="the patient's CT")
+    train.add_argument("--out", required=True, help="agent file to write (.pt, with a .json card)")
+    train.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget")
+    train.add_argument("--iterations", type=int, default=100000, help="upper bound on iterations")
+    train.add_argument("--agent", help="agent to start from (default: the shipped generic agent)")
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--work-dir", help="checkpoints and metrics (default: OUT.run)")
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--threads", type=int, default=2)
+    train.set_defaults(func=_cmd_train_agent)
 
     segment = sub.add_parser("segment", help="segment images with a shipped task model")
     segment.add_argument("--task", required=True, help="task name (see medai.segmentation.registry)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MedAIModelError
+from ..errors import MedAIInputError, MedAIModelError
 from ..models import load_state, save_model
 from .environment import Environment
 from .poses import ACTION_NAMES, MODE_ACTIONS, RigidPose, action_delta
@@ -102,8 +102,8 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
     max_steps = agent.settings.max_steps if max_steps is None else max_steps
     pose, level, visited = init, 0, []
     trajectory = Trajectory()
+    state, moving = env.state(pose)
     for step in range(max_steps + 1):
-        state, moving = env.state(pose)
         trajectory.poses.append(pose)
         similarity = env.similarity(moving)
         if step == max_steps:
@@ -125,11 +125,23 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
                 trajectory.stop_reason = "converged" if not revisit else "oscillation at finest step"
                 break
         visited.append(key)
-        action = int(allowed[int(np.argmax(q))])
-        step_mm, step_deg = levels[level]
+        order = np.argsort(-q)
+        for choice in order:  # the best action whose pose can still be rendered (body between source and detector)
+            action = int(allowed[choice])
+            step_mm, step_deg = levels[level]
+            candidate = pose.moved(action_delta(action, step_mm, step_deg))
+            try:
+                state, moving = env.state(candidate)
+                break
+            except MedAIInputError:
+                continue
+        else:
+            trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
+            trajectory.stop_reason = "no renderable move"
+            break
         trajectory.rows.append({"step": step, "action": ACTION_NAMES[action], "step_mm": step_mm,
                                 "step_deg": step_deg, "similarity": similarity})
-        pose = pose.moved(action_delta(action, step_mm, step_deg))
+        pose = candidate
         if on_step is not None:
             on_step(step, max_steps)
     return pose, trajectory

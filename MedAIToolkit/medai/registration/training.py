@@ -122,8 +122,15 @@ class _Episode:
         self.case, self.pose, self.level, self.steps, self.visited = case, case.init, 0, 0, []
 
 
+_RESAMPLED: dict = {}
+
+
 def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str):
-    base = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(volume, (spacing,) * 3)
+    key = (id(volume), spacing)
+    if key not in _RESAMPLED:  # resample each CT once (the full-resolution resampling takes seconds)
+        _RESAMPLED[key] = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(
+            volume, (spacing,) * 3)
+    base = _RESAMPLED[key]
     if augment:
         base = augment_ct(base, rng)
     return prepare_ct(base, device=device), base.geometry.centre_ras(base.array.shape)
@@ -226,7 +233,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         # move the episodes: epsilon-greedy with the inference rule for step sizes
         for row, index in enumerate(used):
             episode = pool[index]

