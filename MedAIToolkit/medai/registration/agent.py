@@ -19,6 +19,11 @@ from .poses import ACTION_NAMES, MODE_ACTIONS, RigidPose, action_delta
 from .qnetwork import QNetwork
 
 DEFAULT_LEVELS = ((6.0, 3.0), (3.0, 1.5), (1.5, 0.75))
+SEARCH_RANGE = (30.0, 15.0)
+"""The agent never moves further than this (mm per translation axis, deg per rotation axis, C-arm frame) from the
+initial pose: the initial pose is within 20 mm / 10 deg of the truth, so further is always wrong."""
+SIMILARITY_DROP = 0.05
+"""A step that lowers the image similarity by more than this below the best seen counts as oscillation."""
 """(step mm, step deg) from coarse to fine."""
 SHIPPED_AGENT = "registration-agent"
 
@@ -103,9 +108,16 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
     pose, level, visited = init, 0, []
     trajectory = Trajectory()
     state, moving = env.state(pose)
+    best = (-np.inf, pose, state, moving)
     for step in range(max_steps + 1):
         trajectory.poses.append(pose)
         similarity = env.similarity(moving)
+        dropped = similarity < best[0] - SIMILARITY_DROP
+        if dropped:  # back to the best pose seen, and a smaller step
+            pose, state, moving = best[1], best[2], best[3]
+            similarity = best[0]
+        elif similarity > best[0]:
+            best = (similarity, pose, state, moving)
         if step == max_steps:
             trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
             trajectory.stop_reason = "step budget"
@@ -116,7 +128,7 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             break
         q = agent.q_values(state)[allowed]
         key = np.round(np.concatenate([pose.translation, pose.rotation.ravel() * 100]), 2)
-        revisit = any(np.allclose(key, other, atol=1e-3) for other in visited)
+        revisit = dropped or any(np.allclose(key, other, atol=1e-3) for other in visited)
         if revisit or q.max() <= 0:
             level += 1
             visited = []
@@ -130,6 +142,9 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             action = int(allowed[choice])
             step_mm, step_deg = levels[level]
             candidate = pose.moved(action_delta(action, step_mm, step_deg))
+            offset = np.abs(candidate.error_to(init))
+            if offset[:3].max() > SEARCH_RANGE[0] or offset[3:].max() > SEARCH_RANGE[1]:
+                continue
             try:
                 state, moving = env.state(candidate)
                 break
