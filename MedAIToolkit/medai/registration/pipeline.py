@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..drr.geometry import Pose
 from ..drr.renderer import prepare_ct

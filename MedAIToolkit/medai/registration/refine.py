@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..drr.renderer import PreparedCT, render_matrix
 from .environment import FixedImage
-from .poses import MODE_ACTIONS, RigidPose
+from .poses import RigidPose
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..errors import MedAIInputError
 from ..io import Volume, resample_volume
 from .agent import Agent, AgentSettings, run_agent
 from .augment import augment_ct, fluoroscopy_like
-from .environment import Environment, FixedImage, build_state, work_geometry
+from .environment import Environment, FixedImage, build_state
 from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
 
 
