@@ -4,9 +4,13 @@ Widget -> Logic (MRML nodes <-> engine) -> ``medai`` engine. Console use::
 
     logic = slicer.util.getModuleLogic("MedAIRegistration")  # or MedAIRegistrationLogic()
     ct = logic.loadCT("/path/to/dicom/folder")
+    frame = logic.loadFrame("/path/to/frame.dcm")            # XA/RF DICOM: geometry and C-arm angles from tags
+    result = logic.register(ct, frame, None)                  # None: initial view from the frame's C-arm angles
+    print(result.confidence, result.lowConfidence)            # result.transformNode etc.: NEW nodes
 """
 import logging
 import os
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import vtk
@@ -20,9 +24,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+
+LOW_CONFIDENCE = 0.5
+"""Below this estimated probability of an error within 2 mm a result is flagged (``lowConfidence``)."""
 
 #
 # MedAIRegistration
@@ -60,7 +67,8 @@ def registerSampleData():
 
 @parameterNodeWrapper
 class MedAIRegistrationParameterNode:
-    """GUI state: the CT volume and the folder it was read from."""
+    """GUI state: the CT and the folder it was read from, the DRR pose and C-arm, the registration inputs
+    (frame, initial pose = the pose fields, or C-arm angles), and the last registration's nodes."""
 
     ctVolume: vtkMRMLScalarVolumeNode
     dicomFolder: str = ""
@@ -75,6 +83,19 @@ class MedAIRegistrationParameterNode:
     detectorSize: Annotated[int, WithinRange(8, 2048)] = 256
     pixelSpacingMm: Annotated[float, WithinRange(0.05, 10)] = 1.6
     drrVolume: vtkMRMLScalarVolumeNode
+    frameVolume: vtkMRMLScalarVolumeNode
+    framePath: str = ""
+    initFromAngles: bool = False
+    primaryAngle: Annotated[float, WithinRange(-180, 180)] = 0.0
+    secondaryAngle: Annotated[float, WithinRange(-90, 90)] = 0.0
+    geometryFromFields: bool = False
+    mode: Annotated[str, Choice(["2d3d", "2d2d"])] = "2d3d"
+    refine: bool = True
+    maxSteps: Annotated[int, WithinRange(0, 500)] = 0
+    agentPath: str = ""
+    registrationTransform: vtkMRMLLinearTransformNode
+    registrationTable: vtkMRMLTableNode
+    registeredDRR: vtkMRMLScalarVolumeNode
 
 
 #
@@ -89,6 +110,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._cancelRequested = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -102,6 +124,11 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadCTButton.connect("clicked(bool)", self.onLoadCT)
         self.ui.generateDRRButton.connect("clicked(bool)", self.onGenerateDRR)
+        self.ui.loadFrameButton.connect("clicked(bool)", self.onLoadFrame)
+        self.ui.frameVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onFrameChanged)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -133,8 +160,19 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # path edits are synced by hand: the wrapper binds ctkPathLineEdit to pathlib.Path only, not str
+            for edit, name in self.PATH_EDITS:
+                getattr(self.ui, edit).currentPath = getattr(self._parameterNode, name)
+
+    PATH_EDITS = (("dicomFolderPathLineEdit", "dicomFolder"), ("framePathLineEdit", "framePath"),
+                  ("agentPathLineEdit", "agentPath"))
+
+    def storePaths(self) -> None:
+        for edit, name in self.PATH_EDITS:
+            setattr(self._parameterNode, name, getattr(self.ui, edit).currentPath)
 
     def onLoadCT(self) -> None:
+        self.storePaths()
         folder = self.ui.dicomFolderPathLineEdit.currentPath
         with slicer.util.tryWithErrorDisplay(_("Failed to load the CT."), waitCursor=True):
             self._parameterNode.ctVolume = self.logic.loadCT(folder)
@@ -149,10 +187,112 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.logic.cArmGeometry(p.sddMm, p.sidMm, p.detectorSize, p.pixelSpacingMm))
             slicer.util.setSliceViewerLayers(background=p.drrVolume, fit=True)
 
+    def onLoadFrame(self) -> None:
+        self.storePaths()
+        path = self.ui.framePathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the frame."), waitCursor=True):
+            self._parameterNode.frameVolume = self.logic.loadFrame(path)
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.frameVolume, fit=True)
+
+    def onFrameChanged(self, node) -> None:
+        """A frame with C-arm angles (DICOM positioner tags) proposes them as the initial view."""
+        from medai_slicer.registration_nodes import frame_attribute
+
+        if node is None or self._parameterNode is None:
+            return
+        primary = frame_attribute(node, "positioner_primary_angle_deg")
+        secondary = frame_attribute(node, "positioner_secondary_angle_deg")
+        if primary is not None or secondary is not None:
+            self._parameterNode.primaryAngle = float(primary or 0.0)
+            self._parameterNode.secondaryAngle = float(secondary or 0.0)
+            self._parameterNode.initFromAngles = True
+
+    def initialPose(self) -> tuple:
+        """The pose fields; with "from C-arm angles", rx and rz come from the secondary and primary angles."""
+        p = self._parameterNode
+        if p.initFromAngles:
+            return (p.tx, p.ty, p.tz, -p.secondaryAngle, p.ry, -p.primaryAngle)
+        return (p.tx, p.ty, p.tz, p.rx, p.ry, p.rz)
+
+    def frameGeometry(self):
+        """C-arm geometry from the fields when asked for (the frame's own size), else None: the frame's own."""
+        p = self._parameterNode
+        if not p.geometryFromFields or p.frameVolume is None or p.frameVolume.GetImageData() is None:
+            return None
+        from medai.drr import CArmGeometry
+
+        width, height, _ = p.frameVolume.GetImageData().GetDimensions()
+        return CArmGeometry(p.sddMm, p.sidMm, height, width, p.pixelSpacingMm, p.pixelSpacingMm)
+
+    def onCancel(self) -> None:
+        self._cancelRequested = True
+
+    def onRegister(self) -> None:
+        p = self._parameterNode
+        self.storePaths()
+        self._cancelRequested = False
+        self.ui.registerButton.enabled = False
+        self.ui.cancelButton.enabled = True
+        self.ui.registrationProgressBar.value = 0
+        self.ui.resultLabel.text = ""
+
+        def onProgress(fraction, text):
+            self.ui.registrationProgressBar.value = int(100 * fraction)
+            self.ui.resultLabel.text = text
+            slicer.app.processEvents()
+
+        def cancel():
+            slicer.app.processEvents()
+            return self._cancelRequested
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+                result = self.logic.register(
+                    p.ctVolume, p.frameVolume, self.initialPose(), carm=self.frameGeometry(), mode=p.mode,
+                    refine=p.refine, agentPath=p.agentPath or None, progressCallback=onProgress, cancel=cancel,
+                    maxSteps=p.maxSteps or None)
+                if result.cancelled:
+                    self.ui.resultLabel.text = _("Registration cancelled; no node was created.")
+                    return
+                p.registrationTransform, p.registrationTable = result.transformNode, result.tableNode
+                p.registeredDRR = result.drrNode
+                self.ui.resultLabel.text = result.summary
+                if result.lowConfidence:
+                    slicer.util.warningDisplay(
+                        _("Low confidence ({confidence:.0%} estimated probability of an error within 2 mm): the "
+                          "fusion may be wrong. Check the DRR overlay against the frame before relying on it, or "
+                          "register again from a closer initial pose.").format(confidence=result.confidence),
+                        windowTitle=_("MedAI Registration"))
+        finally:
+            self.ui.registerButton.enabled = True
+            self.ui.cancelButton.enabled = False
+
 
 #
 # MedAIRegistrationLogic
 #
+
+
+@dataclass
+class RegistrationOutcome:
+    """What ``register`` made: NEW nodes (None when cancelled) and the engine's result behind them."""
+
+    transformNode: object  # vtkMRMLLinearTransformNode: inverse(M_init) @ M_result, observed by the CT
+    frameNode: object  # vtkMRMLScalarVolumeNode: the frame on the detector plane of the initial C-arm placement
+    drrNode: object  # vtkMRMLScalarVolumeNode: DRR at the registered pose, same grid as frameNode
+    tableNode: object  # vtkMRMLTableNode: the agent's trajectory (step, action, similarity)
+    result: object  # medai.registration.RegistrationResult
+    confidence: float
+    lowConfidence: bool
+    cancelled: bool = False
+
+    @property
+    def summary(self) -> str:
+        r = self.result
+        text = (f"{r.steps} agent steps ({r.stop_reason}){', refined' if r.refined else ''} in {r.seconds:.1f} s; "
+                f"similarity {r.similarity:.3f}; confidence {self.confidence:.0%} (estimated probability of an "
+                f"error within 2 mm)")
+        return ("LOW CONFIDENCE: " + text) if self.lowConfidence else text
 
 
 class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -160,6 +300,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._agents = {}  # agent key -> Agent
+        self._registrars = {}  # (CT node ID, agent key) -> (CT stamp, Registrar); preparing a CT takes seconds
 
     def getParameterNode(self):
         return MedAIRegistrationParameterNode(super().getParameterNode())
@@ -193,18 +335,201 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         """Render a DRR (line integrals) into a NEW one-slice volume node lying on the detector plane in RAS.
 
         Also creates a NEW linear transform node "<name> C-arm" holding the C-arm -> RAS matrix, referenced
-        by the DRR node as "MedAI.CArmTransform". The CT node is not modified (its parent transform, if any,
-        is not applied).
+        by the DRR node as "MedAI.CArmTransform" (its "MedAI.ras_to_carm" attribute: the pose matrix). The DRR
+        node keeps the C-arm geometry in "MedAI.carm", so it can serve as a frame for ``register``. The CT node
+        is not modified (its parent transform, if any, is not applied).
         """
         from medai.drr import Pose
         from medai_slicer import node_to_volume
         from medai_slicer.drr_nodes import add_drr_nodes
+        from medai_slicer.registration_nodes import format_numbers, set_frame_geometry
 
         if ctVolumeNode is None:
             raise ValueError("Generate DRR needs a CT volume node")
-        drrNode, _ = add_drr_nodes(slicer.mrmlScene, node_to_volume(ctVolumeNode), carm or self.cArmGeometry(),
-                                   Pose.from_array(pose), name or f"{ctVolumeNode.GetName()} DRR")
+        carm = carm or self.cArmGeometry()
+        pose = Pose.from_array(pose)
+        volume = node_to_volume(ctVolumeNode)
+        drrNode, carmNode = add_drr_nodes(slicer.mrmlScene, volume, carm, pose, name or f"{ctVolumeNode.GetName()} DRR")
+        set_frame_geometry(drrNode, carm)  # lets the DRR serve as a frame to register
+        carmNode.SetAttribute("MedAI.ras_to_carm", format_numbers(pose.matrix(volume.geometry.centre_ras(volume.array.shape))))
         return drrNode
+
+    def loadFrame(self, path: str, name: Optional[str] = None, pixelSpacingMm=None, sddMm: Optional[float] = None,
+                  sidMm: Optional[float] = None, invert: bool = False):
+        """Fluoroscopy frame (.dcm XA/RF/DX, .png/.jpg, .npy) -> NEW one-slice volume node, bright = attenuating,
+        carrying its C-arm geometry (DICOM tags, or the arguments) and C-arm angles for ``register``."""
+        from medai.registration import load_frame
+        from medai_slicer.loading import _default_name
+        from medai_slicer.registration_nodes import add_frame_node
+
+        frame = load_frame(path, pixel_spacing=pixelSpacingMm, sdd_mm=sddMm, sid_mm=sidMm, invert=invert)
+        node = add_frame_node(slicer.mrmlScene, frame, name or _default_name(path), path)
+        logging.info(f"Loaded frame '{node.GetName()}' {frame.image.shape} from {path}")
+        return node
+
+    def frameGeometry(self, frameVolumeNode, carm=None):
+        """C-arm geometry of a frame node: ``carm`` if given, else its own (Generate DRR / loadFrame / DICOM
+        attributes); raises MedAIInputError (a ValueError) naming what is missing."""
+        from medai.errors import MedAIInputError
+        from medai_slicer.registration_nodes import frame_geometry
+
+        if carm is not None:
+            return carm
+        found, missing = frame_geometry(frameVolumeNode)
+        if found is None:
+            raise MedAIInputError(f"frame '{frameVolumeNode.GetName()}' has no C-arm geometry: missing "
+                                  f"{', '.join(missing)}. Give carm=CArmGeometry(...), load the frame with "
+                                  f"loadFrame, or use a DRR made by Generate DRR")
+        return found
+
+    def _agent(self, agentPath):
+        """(cache key, Agent): ``agentPath`` or the shipped agent, loaded again when its file changes."""
+        from medai.models import models_dir
+        from medai.registration import Agent
+        from medai.registration.agent import SHIPPED_AGENT
+
+        key = os.path.abspath(agentPath) if agentPath else "shipped"
+        path = key if agentPath else os.path.join(models_dir(), f"{SHIPPED_AGENT}.pt")
+        stamp = os.path.getmtime(path) if os.path.exists(path) else None
+        cached = self._agents.get(key)
+        if cached is None or cached[0] != stamp:
+            self._agents[key] = (stamp, Agent.load(key if agentPath else None))
+        return key, self._agents[key][1]
+
+    def _registrar(self, ctVolumeNode, agentKey, agent):
+        from medai.registration import Registrar
+        from medai_slicer import ijk_to_ras_of, node_to_volume
+
+        image = ctVolumeNode.GetImageData()
+        stamp = (image.GetMTime() if image is not None else None, tuple(ijk_to_ras_of(ctVolumeNode).ravel()), id(agent))
+        key = (ctVolumeNode.GetID(), agentKey)
+        cached = self._registrars.get(key)
+        if cached is None or cached[0] != stamp:
+            self._registrars.pop(key, None)
+            registrar = Registrar(node_to_volume(ctVolumeNode), agent)
+            while len(self._registrars) >= 2:  # prepared CTs are large: keep the last two
+                self._registrars.pop(next(iter(self._registrars)))
+            self._registrars[key] = (stamp, registrar)
+        return self._registrars[key][1]
+
+    def _initialPose(self, initialPose, frameVolumeNode, centre):
+        from medai.drr import Pose
+        from medai.registration import RigidPose
+        from medai_slicer import transform_node_to_matrix
+        from medai_slicer.registration_nodes import positioner_pose, stored_ras_to_carm
+
+        if initialPose is None:
+            return positioner_pose(frameVolumeNode) or Pose()
+        if isinstance(initialPose, Pose):
+            return initialPose
+        if hasattr(initialPose, "GetMatrixTransformToParent"):
+            matrix = stored_ras_to_carm(initialPose)
+            if matrix is None:
+                matrix = transform_node_to_matrix(initialPose)
+            return RigidPose.from_matrix(matrix, centre).to_pose()
+        return Pose.from_array(initialPose)
+
+    def register(self, ctVolumeNode, frameVolumeNode, initialPose=None, carm=None, mode: str = "2d3d",
+                 refine: bool = True, agentPath: Optional[str] = None, progressCallback=None, cancel=None,
+                 maxSteps: Optional[int] = None, invert: bool = False, show: bool = True) -> RegistrationOutcome:
+        """Register a one-slice fluoroscopy frame node to a CT node: the agent, then (``refine``) refinement.
+
+        ``initialPose``: 6 numbers (tx ty tz rx ry rz, docs/pose_convention.md), a linear transform node holding
+        a RAS -> C-arm matrix (its "MedAI.ras_to_carm" attribute when it has one, as Generate DRR's C-arm and
+        earlier registration transforms do), or None: the frame's C-arm angles (DICOM positioner attributes),
+        else the zero (AP) pose. ``carm``: the frame's ``CArmGeometry``, else read from the frame node.
+        ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (then no node is created).
+        ``maxSteps``: agent step budget (None: the agent's own). ``invert``: the frame is bright = air.
+
+        Creates NEW nodes: transform "<CT> registration" (= inverse(M_init) @ M_result, which the CT is set to
+        observe: its only change), "<frame> on detector" (the frame on the detector plane of the C-arm at the
+        initial pose), "<CT> registered DRR" (DRR at the result, same IJKToRAS, overlaid in the slice views) and
+        table "<CT> registration trajectory". Errors (no agent file, no geometry, ...) leave the scene unchanged.
+        """
+        import numpy as np
+        import torch
+        from medai.drr import render_matrix
+        from medai.errors import MedAIInputError
+        from medai.registration import frame_from_array
+        from medai_slicer.registration_nodes import (add_detector_node, add_registration_transform,
+                                                     add_trajectory_table, format_numbers, frame_meta)
+
+        if ctVolumeNode is None or frameVolumeNode is None:
+            raise MedAIInputError("registration needs a CT volume node and a frame volume node")
+        if frameVolumeNode is ctVolumeNode:
+            raise MedAIInputError("the frame and the CT are the same node")
+        image = frameVolumeNode.GetImageData()
+        if image is None or image.GetNumberOfPoints() == 0:
+            raise MedAIInputError(f"frame '{frameVolumeNode.GetName()}' has no image data")
+        if image.GetDimensions()[2] != 1:
+            raise MedAIInputError(f"frame '{frameVolumeNode.GetName()}' has {image.GetDimensions()[2]} slices; "
+                                  f"a fluoroscopy frame is a one-slice volume")
+        carm = self.frameGeometry(frameVolumeNode, carm)
+        progress = progressCallback or (lambda fraction, text: None)
+        stopped = []
+
+        def cancelled():
+            if cancel is not None and not stopped and cancel():
+                stopped.append(True)
+            return bool(stopped)
+
+        pixels = slicer.util.arrayFromVolume(frameVolumeNode)[0]
+        frame = frame_from_array(pixels, carm, frame_meta(frameVolumeNode), invert, source=frameVolumeNode.GetName())
+        progress(0.0, _("Preparing the CT..."))
+        agentKey, agent = self._agent(agentPath)
+        registrar = self._registrar(ctVolumeNode, agentKey, agent)
+        pose = self._initialPose(initialPose, frameVolumeNode, registrar.centre_ras)
+
+        def onStep(step, total):
+            progress(0.05 + 0.6 * (step + 1) / max(total, 1), _("Agent step {step} of at most {total}").format(
+                step=step + 1, total=total))
+
+        progress(0.05, _("Agent..."))
+        result = registrar.register(frame, pose, mode, refine, maxSteps, cancelled, onStep)
+        if stopped:
+            progress(1.0, _("Cancelled"))
+            logging.info("Registration cancelled; no node was created")
+            return RegistrationOutcome(None, None, None, None, result, result.confidence,
+                                       result.confidence < LOW_CONFIDENCE, cancelled=True)
+
+        progress(0.9, _("Creating the result nodes..."))
+        scene = slicer.mrmlScene
+        ctName, frameName = ctVolumeNode.GetName(), frameVolumeNode.GetName()
+        initMatrix = pose.matrix(registrar.centre_ras)
+        with torch.inference_mode():
+            drrImage = render_matrix(registrar.cts[min(registrar.cts)], carm, result.matrix).cpu().numpy()
+        created = []
+        try:
+            transformNode = add_registration_transform(scene, initMatrix, result, f"{ctName} registration")
+            created.append(transformNode)
+            frameNode = add_detector_node(scene, pixels, carm, initMatrix, f"{frameName} on detector")
+            created.append(frameNode)
+            drrNode = add_detector_node(scene, drrImage.astype(np.float32), carm, initMatrix, f"{ctName} registered DRR")
+            created.append(drrNode)
+            drrNode.SetAttribute("MedAI.modality", "DRR")
+            drrNode.SetAttribute("MedAI.pose", format_numbers(result.pose.as_array()))
+            tableNode = add_trajectory_table(scene, result.trajectory, f"{ctName} registration trajectory")
+            created.append(tableNode)
+            for role, node in (("frame", frameNode), ("DRR", drrNode), ("trajectory", tableNode)):
+                transformNode.SetNodeReferenceID(f"MedAI.{role}", node.GetID())
+            ctVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        except Exception:
+            for node in created:
+                scene.RemoveNode(node)
+            raise
+        outcome = RegistrationOutcome(transformNode, frameNode, drrNode, tableNode, result, result.confidence,
+                                      result.confidence < LOW_CONFIDENCE)
+        if show:
+            self.showFusion(frameNode, drrNode)
+        progress(1.0, outcome.summary)
+        logging.info(f"Registered '{frameName}' to '{ctName}': {outcome.summary}")
+        return outcome
+
+    def showFusion(self, frameNode, drrNode, opacity: float = 0.5) -> None:
+        """Frame in the background, registered DRR blended over it in the slice views (no-op without views)."""
+        hasViews = slicer.app.layoutManager() is not None
+        slicer.util.setSliceViewerLayers(background=frameNode, foreground=drrNode, foregroundOpacity=opacity,
+                                         rotateToVolumePlane=hasViews, fit=hasViews)
 
 
 #
@@ -223,6 +548,8 @@ class MedAIRegistrationTest(ScriptedLoadableModuleTest):
         self.test_loadCT_places_voxels_physically()
         self.setUp()
         self.test_generateDRR_lies_on_detector_plane()
+        self.setUp()
+        self.test_register()
 
     def test_loadCT_places_voxels_physically(self):
         import tempfile
@@ -278,4 +605,53 @@ class MedAIRegistrationTest(ScriptedLoadableModuleTest):
         corner = ijkToRAS @ [0, 0, 0, 1]
         self.assertAlmostEqual(float(np.dot(corner[:3] - centre[:3], centre[:3] - source[:3])), 0.0, places=3)
         self.assertEqual(slicer.util.arrayFromVolume(ct).max(), 1000)  # input untouched
+        self.delayDisplay("Test passed")
+
+    def test_register(self):
+        import tempfile
+
+        import numpy as np
+        from medai.geometry import Geometry
+        from medai.io import Volume
+        from medai.registration import Agent
+        from medai_slicer import ijk_to_ras_of, transform_node_to_matrix, volume_to_node
+
+        self.delayDisplay("Registering a DRR of a synthetic phantom from a shifted initial pose")
+        k, j, i = np.mgrid[:40, :40, :40]
+        hu = np.full((40, 40, 40), -1000, np.int16)
+        hu[(i - 20) ** 2 + (j - 20) ** 2 < 17 ** 2] = 0  # a water cylinder along k
+        hu[(i - 12) ** 2 + (j - 22) ** 2 + (k - 14) ** 2 < 25] = 1200  # asymmetric "bones"
+        hu[(i - 26) ** 2 + (j - 15) ** 2 + (k - 26) ** 2 < 16] = 1500
+        hu[5:35, 19:22, 24:27] = 800
+        ct = volume_to_node(slicer.mrmlScene, Volume(hu, Geometry((4.0, 4.0, 4.0), (-78.0, -78.0, -78.0))), "phantom")
+        before = slicer.util.arrayFromVolume(ct).copy()
+        logic = MedAIRegistrationLogic()
+        carm = logic.cArmGeometry(1000.0, 700.0, 96, 2.4)
+        truth = (0.0, 0.0, 0.0, 0.0, 0.0, 10.0)
+        frame = logic.generateDRR(ct, truth, carm)
+        initial = (3.0, -2.0, 0.0, 0.0, 0.0, 8.0)
+        with tempfile.TemporaryDirectory() as folder:
+            agentPath = os.path.join(folder, "agent.pt")
+            Agent.new().save(agentPath)
+            steps = []
+            outcome = logic.register(ct, frame, initial, mode="2d3d", refine=True, agentPath=agentPath, maxSteps=0,
+                                     progressCallback=lambda fraction, text: steps.append(fraction))
+        self.assertFalse(outcome.cancelled)
+        self.assertEqual(outcome.tableNode.GetNumberOfRows(), len(outcome.result.trajectory))
+        initMatrix = logic.poseMatrix(ct, initial)
+        np.testing.assert_allclose(transform_node_to_matrix(outcome.transformNode),
+                                   np.linalg.inv(initMatrix) @ outcome.result.matrix, atol=1e-6)
+        self.assertEqual(ct.GetTransformNodeID(), outcome.transformNode.GetID())
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)  # voxels untouched
+        np.testing.assert_allclose(ijk_to_ras_of(outcome.drrNode), ijk_to_ras_of(outcome.frameNode), atol=1e-9)
+        self.assertEqual(slicer.util.arrayFromVolume(outcome.drrNode).shape, (1, 96, 96))
+        # refinement moves the pose towards the truth
+        truthMatrix = logic.poseMatrix(ct, truth)
+        corners = np.array([ijk_to_ras_of(ct) @ (a, b, c, 1.0) for a in (5, 34) for b in (5, 34) for c in (5, 34)])
+
+        def error(matrix):
+            return float(np.mean(np.linalg.norm((corners @ (matrix - truthMatrix).T)[:, :3], axis=1)))
+
+        self.assertLess(error(outcome.result.matrix), 0.5 * error(initMatrix))
+        self.assertAlmostEqual(steps[-1], 1.0)
         self.delayDisplay("Test passed")

@@ -50,9 +50,11 @@ def normalise(image: torch.Tensor, mask: torch.Tensor, low_q: float = 0.01, high
     return out.reshape(image.shape) * mask
 
 
-def patches(image: torch.Tensor, patch: int = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """(work, work) -> coarse (patch, patch) whole field of view, fine (patch, patch) central crop."""
+def patches(image: torch.Tensor, patch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(work, work) -> coarse (patch, patch) whole field of view, fine (patch, patch) central crop
+    (``patch`` defaults to work / 2: the fine patch is then the central half at full working resolution)."""
     work = image.shape[-1]
+    patch = patch or work // 2
     coarse = F.adaptive_avg_pool2d(image[None, None], patch)[0, 0]
     start = (work - patch) // 2
     fine = image[start:start + patch, start:start + patch] if work >= 2 * patch else resize_image(
@@ -121,8 +123,9 @@ def build_state(fixed: FixedImage, moving: torch.Tensor) -> torch.Tensor:
 
 
 def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, mask: np.ndarray | None = None,
-                  min_fraction: float = 0.2) -> float:
-    """Share of the body's sample points that project inside the frame's field; raises below ``min_fraction``."""
+                  min_fraction: float = 0.01) -> float:
+    """Share of the body's sample points that project inside the frame's field; raises below ``min_fraction``
+    (a small field of view on a large CT sees a small share of it: only no overlap at all is refused)."""
     if ct.tissue_ijk is None or not len(ct.tissue_ijk):
         return 1.0
     ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
