@@ -10,14 +10,13 @@ import pytest
 
 TESTING_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTING_DIR.parent
-sys.path.insert(0, str(TESTING_DIR / "stubs"))
 for module_dir in ("MedAIRegistration", "MedAISegmentation", "MedAIDiagnosis"):
     sys.path.insert(0, str(REPO_ROOT / "MedAIToolkit" / module_dir))
 
 import slicer  # noqa: E402  (the real slicer-core package)
-import slicer_app_stubs  # noqa: E402
+from medai_slicer import standalone  # noqa: E402  (stand-ins for what has no wheel)
 
-slicer_app_stubs.install()
+standalone.install()
 
 from medai.paths import shared_data_dir  # noqa: E402
 
@@ -25,7 +24,7 @@ from medai.paths import shared_data_dir  # noqa: E402
 @pytest.fixture
 def scene():
     """A fresh real vtkMRMLScene as slicer.mrmlScene with module logics registered."""
-    return slicer_app_stubs.new_scene()
+    return standalone.new_scene()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,22 @@
-"""Thin stand-ins for the parts of Slicer that have no wheel: ``slicer.app``, ``slicer.modules``,
-``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``, ``slicer.i18n`` (``qt``/``ctk`` are
-sibling files). Everything else — the MRML scene, nodes, ``slicer.util``, module logics — is the real
-slicer-core code.
+"""Module Logic outside desktop Slicer: the real slicer-core MRML scene and logics, plus thin stand-ins
+for the parts of Slicer that have no wheel: ``slicer.app``, ``slicer.modules``, ``slicer.ScriptedLoadableModule``,
+``slicer.parameterNodeWrapper``, ``slicer.i18n`` (``qt``/``ctk`` in ``shims/``). Everything else — the MRML
+scene, nodes, ``slicer.util``, module logics, displayable managers — is the real slicer-core code.
 
-``install()`` registers the stubs after ``import slicer``; ``new_scene()`` gives a fresh real scene with
-the application logic and the Colors / Volumes / Segmentations / Transforms logics registered, the way
-the application sets them up.
+Used by the test suite, ``medai demo`` (offscreen 3D views) and the web viewer::
+
+    from medai_slicer import standalone
+    standalone.install()                                   # no-op inside the Slicer application
+    logic = standalone.module_logic("MedAIRegistration")   # the same Logic desktop Slicer runs
+
+``new_scene()`` gives a fresh real scene with the application logic and the Colors / Volumes /
+Segmentations / Transforms / VolumeRendering logics registered, the way the application sets them up.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import sys
 import types
 import typing
@@ -205,11 +212,25 @@ pnw.Choice = Choice
 
 
 # --- installation -------------------------------------------------------------------------------------
-def install() -> None:
-    """Register the stubs as submodules/attributes of the real ``slicer`` package (idempotent)."""
-    import os
+MODULES_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""MedAIToolkit/: holds one folder per scripted module (MedAIRegistration/, ...)."""
+MODULE_NAMES = ("MedAIRegistration", "MedAISegmentation", "MedAIDiagnosis")
 
-    sys.path.insert(0, os.path.dirname(__file__))  # qt.py, ctk.py
+
+def inside_slicer() -> bool:
+    """True in the desktop application (its ``slicer.app`` is the real Qt application)."""
+    app = getattr(slicer, "app", None)
+    return app is not None and not isinstance(app, _Application)
+
+
+def install() -> None:
+    """Register the stand-ins as submodules/attributes of the real ``slicer`` package (idempotent);
+    does nothing inside the Slicer application."""
+    if inside_slicer():
+        return
+    shims = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shims")
+    if shims not in sys.path:
+        sys.path.insert(0, shims)  # qt.py, ctk.py
     for name, module in (("slicer.i18n", i18n), ("slicer.ScriptedLoadableModule", slm),
                          ("slicer.parameterNodeWrapper", pnw)):
         sys.modules[name] = module
@@ -232,6 +253,7 @@ def new_scene():
         "Volumes": slicer.vtkSlicerVolumesLogic(),
         "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
         "Transforms": slicer.vtkSlicerTransformLogic(),
+        "VolumeRendering": slicer.vtkSlicerVolumeRenderingLogic(),
     }
     for name, logic in logics.items():
         logic.SetMRMLApplicationLogic(app_logic)
@@ -241,3 +263,15 @@ def new_scene():
     slicer.app._application_logic = app_logic
     slicer.mrmlScene = scene
     return scene
+
+
+def module_logic(module_name: str):
+    """A new ``<module_name>Logic()`` of one of MedAIToolkit's scripted modules (imports its file)."""
+    if module_name not in MODULE_NAMES:
+        raise ValueError(f"unknown module {module_name!r}; one of {MODULE_NAMES}")
+    install()
+    folder = os.path.join(MODULES_DIR, module_name)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module = importlib.import_module(module_name)
+    return getattr(module, f"{module_name}Logic")()

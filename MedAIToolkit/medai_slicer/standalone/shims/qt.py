@@ -1,6 +1,6 @@
-"""Minimal ``qt`` stand-in for tests: only names that module code may touch at import time.
+"""Minimal ``qt`` stand-in outside the Slicer application: only names module code touches at import time.
 
-Widgets are not instantiated in the test suite (there is no Qt wheel for PythonQt); the
+Widgets are not instantiated outside Slicer (there is no Qt wheel for PythonQt); the
 ``.ui``-versus-Widget-code test checks widget names statically instead.
 """
 

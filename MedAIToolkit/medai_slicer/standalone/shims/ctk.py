@@ -1,4 +1,4 @@
-"""Minimal ``ctk`` stand-in for tests (see qt.py)."""
+"""Minimal ``ctk`` stand-in outside the Slicer application (see qt.py)."""
 
 
 class ctkCollapsibleButton:
