@@ -46,3 +46,7 @@ def test_demo_runs_without_shared_data(tmp_path, monkeypatch):
     for rel in summary["outputs"].values():
         assert (out / rel).stat().st_size > 1000
     assert "MedAIAbdomenCT_liver.seg.nrrd" in (out / summary["outputs"]["scene"]).read_text()
+    registration = summary["registration"]  # a fluoroscopy-like frame of the sample CT, registered via the Logic
+    assert registration["mtre_mm"] < 2.0 < 10.0 < registration["mtre_initial_mm"]
+    assert registration["silhouette_iou"]["after"] > registration["silhouette_iou"]["before"] + 0.05
+    assert {"fusion_3d", "registration_overlays", "segmentation_3d"} <= set(summary["outputs"])

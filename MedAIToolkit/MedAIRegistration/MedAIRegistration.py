@@ -136,6 +136,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.logic.setFusionLayout()
 
     def exit(self) -> None:
         self.setParameterNode(None)
@@ -256,6 +257,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                     return
                 p.registrationTransform, p.registrationTable = result.transformNode, result.tableNode
                 p.registeredDRR = result.drrNode
+                self.logic.addOverlay(result.frameNode, result.drrNode, "checkerboard")
                 self.ui.resultLabel.text = result.summary
                 if result.lowConfidence:
                     slicer.util.warningDisplay(
@@ -521,6 +523,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
                                       result.confidence < LOW_CONFIDENCE)
         if show:
             self.showFusion(frameNode, drrNode)
+            if slicer.app.layoutManager() is not None:  # desktop: the 3D fusion view too, without extra clicks
+                self.showFusion3D(ctVolumeNode, frameNode, transformNode)
         progress(1.0, outcome.summary)
         logging.info(f"Registered '{frameName}' to '{ctName}': {outcome.summary}")
         return outcome
@@ -530,6 +534,54 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         hasViews = slicer.app.layoutManager() is not None
         slicer.util.setSliceViewerLayers(background=frameNode, foreground=drrNode, foregroundOpacity=opacity,
                                          rotateToVolumePlane=hasViews, fit=hasViews)
+
+    def showFusion3D(self, ctVolumeNode, frameNode, transformNode=None, segmentationNode=None,
+                     preset: str = "bone"):
+        """The 3D fusion view: the CT (volume rendering, ``segmentationNode``'s surfaces) under ``transformNode``
+        (e.g. ``outcome.transformNode``), the frame on its detector plane, the X-ray source, central ray and beam.
+        Returns a ``medai_slicer.registration_scene.FusionScene`` (``.only("ct", "frame")`` etc.). In desktop
+        Slicer the first 3D view looks at it from beside the beam."""
+        from medai_slicer.registration_scene import build_fusion_scene, oblique_camera
+
+        scene = build_fusion_scene(ctVolumeNode, frameNode, transformNode, segmentationNode, preset)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None and layoutManager.threeDViewCount > 0:
+            view = oblique_camera(frameNode)
+            camera = layoutManager.threeDWidget(0).threeDView().renderWindow().GetRenderers().GetFirstRenderer() \
+                .GetActiveCamera()
+            camera.SetPosition(*view["position"])
+            camera.SetFocalPoint(*view["focal_point"])
+            camera.SetViewUp(*view["view_up"])
+            camera.SetViewAngle(view["view_angle_deg"])
+        return scene
+
+    def addOverlay(self, frameNode, drrNode, kind: str = "checkerboard", show: bool = True):
+        """NEW RGB volume: the DRR over the frame as "blend", "checkerboard" or "edges" (DRR edges in green on the
+        frame). ``show``: put it in the Yellow slice view (desktop layout of this module)."""
+        from medai_slicer.registration_scene import add_overlay_node
+
+        node = add_overlay_node(frameNode, drrNode, kind)
+        layoutManager = slicer.app.layoutManager()
+        if show and layoutManager is not None:
+            composite = layoutManager.sliceWidget("Yellow").mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(node.GetID())
+            composite.SetForegroundVolumeID(None)
+            layoutManager.sliceWidget("Yellow").mrmlSliceNode().RotateToVolumePlane(node)
+            layoutManager.sliceWidget("Yellow").fitSliceToBackground()
+        return node
+
+    @staticmethod
+    def setFusionLayout() -> None:
+        """Desktop: switch to the module's layout (3D fusion view, frame + DRR, overlay); no-op without views."""
+        from medai_slicer.registration_scene import FUSION_LAYOUT_ID, FUSION_LAYOUT_XML
+
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        if not layoutNode.IsLayoutDescription(FUSION_LAYOUT_ID):
+            layoutNode.AddLayoutDescription(FUSION_LAYOUT_ID, FUSION_LAYOUT_XML)
+        layoutManager.setLayout(FUSION_LAYOUT_ID)
 
 
 #

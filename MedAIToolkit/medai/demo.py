@@ -90,6 +90,38 @@ def _drr_stage(ct, out_dir: str) -> dict:
             "max_line_integral": round(float(images.max()), 3)}
 
 
+DEMO_FRAME_CARM = dict(sdd_mm=1100.0, sid_mm=750.0, height=192, width=192, row_spacing_mm=3.0, col_spacing_mm=3.0)
+DEMO_TRUTH = (5.0, -8.0, 10.0, 4.0, -3.0, -30.0)
+"""Pose of the demo's fluoroscopy frame (LAO 30 and off-centre); the registration does not know it."""
+DEMO_INITIAL = (20.0, -18.0, -6.0, 0.0, 0.0, -24.0)
+"""The nominal view the registration starts from: 15 / 10 / 16 mm and 4 / 3 / 6 deg off."""
+
+
+def demo_frame(ct, seed: int = 2026) -> np.ndarray:
+    """A fluoroscopy-like frame (quantum noise, blur, gamma; bright = attenuating) of ``ct`` at DEMO_TRUTH,
+    on a wide detector (576 mm) so the whole body outline shows."""
+    from .drr import CArmGeometry, Pose, prepare_ct, render
+    from .registration.augment import fluoroscopy_like
+
+    line_integrals = render(prepare_ct(ct), CArmGeometry(**DEMO_FRAME_CARM), Pose.from_array(DEMO_TRUTH))[0]
+    image, _ = fluoroscopy_like(line_integrals.numpy(), np.random.default_rng(seed), strength=0.7, collimate=False)
+    return image
+
+
+def _registration_stage(ct, liver, predicted_liver, out_dir: str) -> dict:
+    """Register a fluoroscopy-like frame of the sample CT through the MedAIRegistration Logic on a real MRML
+    scene; render the fusion before/after, the 2D overlays and the liver segmentation in 3D (offscreen)."""
+    from .errors import MedAIModelError
+    try:
+        from medai_slicer.demo_fusion import run_fusion_demo
+    except ImportError as exc:  # slicer-core missing: the engine-only install
+        return {"skipped": f"slicer-core not importable ({exc})"}
+    try:
+        return run_fusion_demo(ct, liver, predicted_liver, out_dir)
+    except MedAIModelError as exc:
+        return {"skipped": str(exc)}
+
+
 def _segmentation_stage(out_dir: str) -> dict:
     """The shipped EM membrane model on the bundled (unlabelled) ISBI test slice."""
     import matplotlib
@@ -193,6 +225,8 @@ def run_demo(out_dir: str, with_scene: bool = True) -> dict:
     summary["liver_model"], predicted_liver = _liver_stage(ct, liver)
     if summary["segmentation"].get("figure"):
         summary["outputs"]["em_segmentation"] = summary["segmentation"]["figure"]
+    summary["registration"] = _registration_stage(ct, liver, predicted_liver, out_dir)
+    summary["outputs"].update(summary["registration"].get("figures", {}))
     summary["diagnosis"] = _diagnosis_stage(out_dir)
     if summary["diagnosis"].get("figure"):
         summary["outputs"]["diagnosis"] = summary["diagnosis"]["figure"]

@@ -236,11 +236,11 @@ def oblique_camera(frame_node, azimuth_deg: float = 35.0, elevation_deg: float =
     carm, ras_to_carm = detector_placement(frame_node)
     carm_to_ras = np.linalg.inv(ras_to_carm)
     detector_centre = np.array([0.0, 0.0, carm.sdd_mm - carm.sid_mm])
-    focal_carm = 0.5 * detector_centre  # between isocentre and detector
+    focal_carm = 0.3 * detector_centre  # between isocentre and detector, nearer the patient
     a, e = np.radians(azimuth_deg), np.radians(elevation_deg)
     direction = np.array([np.sin(a) * np.cos(e), -np.sin(e), -np.cos(a) * np.cos(e)])  # towards the source side
     size = np.hypot(carm.height * carm.row_spacing_mm, carm.width * carm.col_spacing_mm)
-    distance = 1.15 * size / (2 * np.tan(np.radians(15.0)))
+    distance = 0.75 * size / (2 * np.tan(np.radians(15.0)))
     position = _to_ras(carm_to_ras, [focal_carm + distance * direction])[0]
     return {"position": position, "focal_point": _to_ras(carm_to_ras, [focal_carm])[0],
             "view_up": carm_to_ras[:3, :3] @ np.array([0.0, -1.0, 0.0]), "view_angle_deg": 30.0}
@@ -293,3 +293,49 @@ def build_fusion_scene(ct_node, frame_node, transform_node=None, segmentation_no
     beam = add_beam(frame_node, name or "C-arm")
     return FusionScene(ct_node, volume_rendering, plane, beam["source"], beam["central_ray"], beam["beam"],
                        segmentation_node)
+
+
+def add_overlay_node(frame_node, drr_node, kind: str = "checkerboard", name: str | None = None):
+    """NEW RGB vector volume on the frame's grid: the DRR over the frame as ``kind`` (medai.registration.overlay:
+    blend, checkerboard, edges), windowed inside the frame's body outline."""
+    from medai.registration.overlay import overlay
+
+    frame = slicer.util.arrayFromVolume(frame_node)
+    drr = slicer.util.arrayFromVolume(drr_node)
+    if frame.shape != drr.shape or frame.ndim != 3 or frame.shape[0] != 1:
+        raise MedAIInputError(f"'{frame_node.GetName()}' {frame.shape} and '{drr_node.GetName()}' {drr.shape} must "
+                              f"be one-slice volumes on the same grid")
+    rgb = overlay(frame[0], drr[0], kind, mask=body_mask(frame[0]))
+    scene = frame_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode",
+                                   scene.GenerateUniqueName(name or f"{drr_node.GetName()} {kind}"))
+    matrix = vtk.vtkMatrix4x4()
+    frame_node.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    image = vtk.vtkImageData()
+    image.SetDimensions(rgb.shape[1], rgb.shape[0], 1)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+        np.ascontiguousarray(rgb).reshape(-1, 3), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    node.SetAndObserveImageData(image)
+    node.CreateDefaultDisplayNodes()
+    node.SetAttribute("MedAI.overlay", kind)
+    node.SetNodeReferenceID("MedAI.frame", frame_node.GetID())
+    node.SetNodeReferenceID("MedAI.DRR", drr_node.GetID())
+    return node
+
+
+FUSION_LAYOUT_ID = 57201
+FUSION_LAYOUT_XML = """
+<layout type="horizontal" split="true">
+  <item splitSize="600"><view class="vtkMRMLViewNode" singletontag="1"><property name="viewlabel" action="default">1</property></view></item>
+  <item splitSize="400">
+    <layout type="vertical" split="true">
+      <item><view class="vtkMRMLSliceNode" singletontag="Red"><property name="orientation" action="default">Axial</property>
+        <property name="viewlabel" action="default">R</property><property name="viewcolor" action="default">#F34A33</property></view></item>
+      <item><view class="vtkMRMLSliceNode" singletontag="Yellow"><property name="orientation" action="default">Sagittal</property>
+        <property name="viewlabel" action="default">Y</property><property name="viewcolor" action="default">#EDD54C</property></view></item>
+    </layout>
+  </item>
+</layout>
+"""
+"""MedAIRegistration's desktop layout: the 3D fusion view, the frame with the DRR blended (Red), an overlay (Yellow)."""

@@ -87,12 +87,15 @@ class OffscreenThreeDView:
     def camera(self) -> vtk.vtkCamera:
         return self.renderer.GetActiveCamera()
 
-    def look_from(self, direction: str = "anterior", zoom: float = 1.0) -> None:
-        """Place the camera on a patient direction (anterior, left, superior, ...) framing everything shown."""
+    def look_from(self, direction: str = "anterior", zoom: float = 1.0, bounds=None) -> None:
+        """Place the camera on a patient direction (anterior, left, superior, ...) framing everything shown, or
+        the RAS ``bounds`` (xmin, xmax, ymin, ymax, zmin, zmax) given, e.g. a node's ``GetRASBounds``."""
         towards, up = DIRECTIONS_RAS[direction]
         self.render()  # let the displayable managers create their actors before framing them
-        bounds = [0.0] * 6
-        self.renderer.ComputeVisiblePropBounds(bounds)
+        if bounds is None:
+            bounds = [0.0] * 6
+            self.renderer.ComputeVisiblePropBounds(bounds)
+        bounds = [float(b) for b in bounds]
         centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
         camera = self.camera
         camera.SetFocalPoint(*centre)
