@@ -10,7 +10,8 @@ Used by the test suite, ``medai demo`` (offscreen 3D views) and the web viewer::
     logic = standalone.module_logic("MedAIRegistration")   # the same Logic desktop Slicer runs
 
 ``new_scene()`` gives a fresh real scene with the application logic and the Colors / Volumes /
-Segmentations / Transforms / VolumeRendering logics registered, the way the application sets them up.
+Segmentations / Transforms / VolumeRendering logics registered, the way the application sets them up;
+``adopt_scene(scene, app_logic, logics)`` makes a scene set up elsewhere (trame-slicer's, in the web viewer) current.
 """
 from __future__ import annotations
 
@@ -259,6 +260,17 @@ def new_scene():
         logic.SetMRMLApplicationLogic(app_logic)
         logic.SetMRMLScene(scene)
         app_logic.SetModuleLogic(name, logic)
+    return adopt_scene(scene, app_logic, logics)
+
+
+def adopt_scene(scene, app_logic, logics: dict):
+    """Make a scene set up elsewhere (e.g. by trame-slicer's ``SlicerApp``) the one module Logic works on:
+    ``slicer.mrmlScene``, ``slicer.app.applicationLogic()`` and ``slicer.modules.<name>.logic()`` for
+    ``logics`` ({"Colors": ..., "Volumes": ..., "Segmentations": ..., "Transforms": ..., "VolumeRendering": ...},
+    already registered with ``app_logic``). Returns ``scene``."""
+    if not isinstance(getattr(slicer, "app", None), _Application):
+        install()
+    for name, logic in logics.items():
         setattr(slicer.modules, name.lower(), _ModuleProxy(logic))
     slicer.app._application_logic = app_logic
     slicer.mrmlScene = scene
