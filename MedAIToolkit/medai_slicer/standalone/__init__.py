@@ -268,12 +268,12 @@ def adopt_scene(scene, app_logic, logics: dict):
     ``slicer.mrmlScene``, ``slicer.app.applicationLogic()`` and ``slicer.modules.<name>.logic()`` for
     ``logics`` ({"Colors": ..., "Volumes": ..., "Segmentations": ..., "Transforms": ..., "VolumeRendering": ...},
     already registered with ``app_logic``). Returns ``scene``."""
+    slicer.mrmlScene = scene
     if not isinstance(getattr(slicer, "app", None), _Application):
         install()
     for name, logic in logics.items():
         setattr(slicer.modules, name.lower(), _ModuleProxy(logic))
     slicer.app._application_logic = app_logic
-    slicer.mrmlScene = scene
     return scene
 
 
