@@ -186,6 +186,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_web(args) -> int:
+    if args.frame and not args.ct:
+        raise MedAIInputError("--frame needs --ct (the frame is registered to that CT)")
+    try:
+        from medai_web import Inputs, serve
+    except ImportError as exc:
+        raise MedAIInputError(f"the web viewer needs the 'web' extra: pip install -e \".[web]\" ({exc})") from exc
+    serve(Inputs(ct=args.ct, frame=args.frame, xray=args.xray), port=args.port, host="127.0.0.1")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medai", description="MedAIToolkit: deep learning for 3D Slicer, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="medai-demo-output", help="output folder (created)")
     demo.add_argument("--no-scene", action="store_true", help="skip writing the Slicer scene (.mrml)")
     demo.set_defaults(func=_cmd_demo)
+
+    web = sub.add_parser("web", help="web viewer (trame-slicer) on http://127.0.0.1:PORT; the samples by default")
+    web.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    web.add_argument("--ct", help="CT: DICOM folder or NIfTI/NRRD/MHA file (default: the sample CT)")
+    web.add_argument("--frame", help="fluoroscopy frame with its C-arm geometry (DICOM XA/RF); default: one rendered "
+                                     "from the CT")
+    web.add_argument("--xray", help="chest X-ray to diagnose (default: the bundled samples)")
+    web.set_defaults(func=_cmd_web)
     return parser
 
 
