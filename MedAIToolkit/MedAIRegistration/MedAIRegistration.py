@@ -353,7 +353,9 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         volume = node_to_volume(ctVolumeNode)
         drrNode, carmNode = add_drr_nodes(slicer.mrmlScene, volume, carm, pose, name or f"{ctVolumeNode.GetName()} DRR")
         set_frame_geometry(drrNode, carm)  # lets the DRR serve as a frame to register
-        carmNode.SetAttribute("MedAI.ras_to_carm", format_numbers(pose.matrix(volume.geometry.centre_ras(volume.array.shape))))
+        rasToCArm = format_numbers(pose.matrix(volume.geometry.centre_ras(volume.array.shape)))
+        carmNode.SetAttribute("MedAI.ras_to_carm", rasToCArm)
+        drrNode.SetAttribute("MedAI.detector_ras_to_carm", rasToCArm)  # lies on this C-arm's detector plane
         return drrNode
 
     def loadFrame(self, path: str, name: Optional[str] = None, pixelSpacingMm=None, sddMm: Optional[float] = None,

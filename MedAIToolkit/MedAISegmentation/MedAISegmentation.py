@@ -138,6 +138,7 @@ class MedAISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 channels = [v for v in (p.secondContrastVolume, p.thirdContrastVolume) if v is not None]
                 p.outputSegmentation = self.logic.segment(p.inputVolume, p.task, p.device, progress=onProgress,
                                                           channelVolumes=channels or None)
+                self.logic.showResult(p.inputVolume, p.outputSegmentation)
             finally:
                 dialog.close()
 
@@ -200,6 +201,20 @@ class MedAISegmentationLogic(ScriptedLoadableModuleLogic):
         node.SetAttribute("MedAI.task", task)
         logging.info(f"Segmented '{inputVolume.GetName()}' with {task}: {np.bincount(classes.ravel()).tolist()} px")
         return node
+
+    def showResult(self, inputVolume, segmentationNode) -> None:
+        """The input in the slice views with the segments outlined over it; for a 3D input, the segments' surfaces
+        in the 3D view too (no-op without views, e.g. headless)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
+        dims = inputVolume.GetImageData().GetDimensions() if inputVolume.GetImageData() else (0, 0, 0)
+        if min(dims) > 1:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+            segmentationNode.GetDisplayNode().SetVisibility3D(True)
+            if layoutManager.threeDViewCount > 0:
+                layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
 
     def importLabelmap(self, path: str, labels: Optional[dict] = None, referenceVolume=None, name: Optional[str] = None):
         """Label map file/DICOM series -> NEW segmentation node with named, coloured segments.

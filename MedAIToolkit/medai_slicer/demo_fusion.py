@@ -11,7 +11,7 @@ import slicer
 import torch
 
 LIVER = {1: ("liver", (0.86, 0.55, 0.45))}
-MODEL_LIVER = {1: ("liver (ct-liver model)", (0.3, 0.8, 0.4))}
+MODEL_LIVER = {1: ("liver (ct-liver model)", (0.86, 0.55, 0.45))}
 
 
 def run_fusion_demo(ct, liver, predicted_liver, out_dir: str) -> dict:

@@ -90,7 +90,7 @@ def render_segmentation_3d(segmentation_node, ct_node=None, size=(640, 440), dir
     bounds = [0.0] * 6
     (ct_node or segmentation_node).GetRASBounds(bounds)
     with OffscreenThreeDView(segmentation_node.GetScene(), size, name="MedAI segmentation 3D") as view:
-        view.look_from(direction, zoom=1.45, bounds=bounds)
+        view.look_from(direction, zoom=1.9, bounds=bounds)
         return view.capture()
 
 
