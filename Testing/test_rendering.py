@@ -194,3 +194,20 @@ def test_volume_rendering_of_a_large_ct_uses_a_downsampled_proxy(fused):
     proxy.GetRASBounds(bounds_proxy)
     np.testing.assert_allclose(bounds_proxy, bounds_ct, atol=2 * max(ct_node.GetSpacing()) + 1)
     assert proxy.GetTransformNodeID() == ct_node.GetTransformNodeID()
+
+
+def test_fusion_layout_has_the_3d_view_and_two_slice_views():
+    """The desktop layout MedAIRegistration sets on entering: one 3D view, the Red (frame + DRR) and Yellow
+    (overlay) slice views; valid XML that Slicer's layout node accepts."""
+    import xml.etree.ElementTree as ET
+
+    from medai_slicer.registration_scene import FUSION_LAYOUT_ID, FUSION_LAYOUT_XML
+
+    views = ET.fromstring(FUSION_LAYOUT_XML).iter("view")
+    tags = sorted((v.get("class"), v.get("singletontag")) for v in views)
+    assert tags == [("vtkMRMLSliceNode", "Red"), ("vtkMRMLSliceNode", "Yellow"), ("vtkMRMLViewNode", "1")]
+    layout = slicer.vtkMRMLLayoutNode()
+    layout.AddLayoutDescription(FUSION_LAYOUT_ID, FUSION_LAYOUT_XML)
+    assert layout.IsLayoutDescription(FUSION_LAYOUT_ID)
+    layout.SetViewArrangement(FUSION_LAYOUT_ID)
+    assert layout.GetViewArrangement() == FUSION_LAYOUT_ID
