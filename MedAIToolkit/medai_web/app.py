@@ -39,6 +39,8 @@ from .session import DIAGNOSIS_TASKS, XRAY_SAMPLES, Inputs, ViewerSession  # noq
 log = logging.getLogger(__name__)
 LAYOUT_ID = "medai"
 VR_PRESET = "bone"
+CT_WINDOW_LEVEL = (400.0, 40.0)  # soft-tissue window (HU) of the slice view
+OBLIQUE_DISTANCE = 1.25  # the fusion camera a little farther than oblique_camera's: the whole frame in view
 
 
 def adopt_trame_scene(slicer_app: SlicerApp):
@@ -123,6 +125,8 @@ class MedAIWebViewer:
                 v3.VToolbarTitle("MedAIToolkit web viewer", classes="text-subtitle-1")
                 v3.VSpacer()
                 html.Span("{{ status }}", id="status", classes="text-caption mr-4")
+                v3.VProgressLinear(model_value=("progress",), height=4, color="#3fb27f", id="progress", absolute=True,
+                                   location="bottom", active=("busy",), indeterminate=("busy && progress == 0",))
             with v3.VNavigationDrawer(permanent=True, width=330, location="left"):
                 self._controls()
             with v3.VMain():
@@ -177,8 +181,6 @@ class MedAIWebViewer:
             v3.VDivider()
             v3.VSwitch(label="CT volume rendering in 3D", v_model=("volume_rendering",), density="compact",
                        hide_details=True, color="primary", id="switch-vr")
-            v3.VProgressLinear(model_value=("progress",), height=8, color="#3fb27f", rounded=True, id="progress",
-                               indeterminate=("busy && progress == 0",))
             html.Div("{{ error }}", v_if=("error",), id="error", classes="text-caption", style="color:#ff6b6b;")
             html.Span("{{ jobs_done }}", id="jobs-done", style="display:none;")  # finished jobs (for scripts)
         self.ctrl.segment = self.segment
@@ -234,100 +236,111 @@ class MedAIWebViewer:
         self._render_all()
 
     async def _on_ready(self):
-        def work(progress):
-            session = self.session
-            progress(0.1, "Loading the CT...")
-            session.load_ct()
-            progress(0.4, "Rendering the fluoroscopy frame..." if not session.inputs.frame else "Loading the frame...")
-            session.load_frame()
-            progress(0.8, "Loading the X-ray...")
-            session.load_xray(self.state.xray_sample)
-            return session
-
-        def show(session, seconds):
-            from medai_slicer.registration_scene import show_volume_rendering
-
-            show_volume_rendering(session.ct, VR_PRESET)
-            self.slice_view.set_background_volume_id(session.ct.GetID())
-            self.slice_view.fit_view_to_content()
-            self.threed_view.reset_view()
-            self.state.frame_src = png_data_url(session.frame_rgb())
-            self.state.xray_src = png_data_url(session.xray_rgb())
-            self.state.loaded = True
-            self.state.status = f"Ready: CT, frame and X-ray loaded in {seconds:.1f} s"
-
-        await self._run("Loading", work, show)
+        await self._run("Loading", self._load, self._show_loaded)
 
     async def segment(self):
-        def work(progress):
-            progress(0.02, "Segmenting the liver (ct-liver)...")
-            return self.session.segment(lambda fraction: progress(0.02 + 0.95 * fraction))
-
-        def show(node, seconds):
-            import vtk
-
-            display = node.GetDisplayNode()
-            display.SetVisibility(True)
-            display.SetVisibility3D(True)
-            display.SetOpacity2DFill(0.35)
-            node.CreateClosedSurfaceRepresentation()
-            if self.fusion is not None:
-                self.fusion.segmentation = node
-            segment_ids = vtk.vtkStringArray()
-            node.GetSegmentation().GetSegmentIDs(segment_ids)
-            volume_ml = _segment_volume_ml(node, self.session.ct)
-            self.state.segmented = True
-            self.state.segmentation_text = (f"{node.GetName()}: {segment_ids.GetNumberOfValues()} segment(s), "
-                                            f"liver {volume_ml:.0f} ml, {seconds:.1f} s")
-            self.state.status = "Segmentation done: liver surface in the 3D view, outline in the axial view"
-
-        await self._run("Segmentation", work, show)
+        await self._run("Segmentation", self._segment, self._show_segmentation)
 
     async def register(self):
-        def work(progress):
-            return self.session.register(progress)
-
-        def show(outcome, seconds):
-            from medai_slicer.registration_scene import oblique_camera
-
-            session = self.session
-            self.fusion = session.registration.showFusion3D(session.ct, outcome.frameNode, outcome.transformNode,
-                                                           session.segmentation, VR_PRESET)
-            self._on_volume_rendering(self.state.volume_rendering)
-            camera = self.threed_view.get_camera_node()
-            view = oblique_camera(outcome.frameNode)
-            camera.SetPosition(*view["position"])
-            camera.SetFocalPoint(*view["focal_point"])
-            camera.SetViewUp(*view["view_up"])
-            camera.SetViewAngle(view["view_angle_deg"])
-            camera.ResetClippingRange()
-            pose = outcome.result.pose.as_array()
-            self.state.registered = True
-            self.state.frame_src = png_data_url(session.frame_rgb())
-            self.state.overlay_src = png_data_url(session.overlay_rgb(self.state.overlay_kind))
-            self.state.registration_text = (
-                f"{outcome.summary}. Pose tx ty tz {pose[0]:.1f} {pose[1]:.1f} {pose[2]:.1f} mm, "
-                f"rx ry rz {pose[3]:.1f} {pose[4]:.1f} {pose[5]:.1f} deg.")
-            self.state.status = "Registration done: the CT follows the result; frame on its detector plane in 3D"
-
-        await self._run("Registration", work, show)
+        await self._run("Registration", self._register, self._show_registration)
 
     async def diagnose(self):
-        task = self.state.diagnosis_task
+        await self._run("Diagnosis", self._diagnose, self._show_diagnosis)
 
-        def work(progress):
-            progress(0.1, f"Classifying the X-ray ({task})...")
-            return self.session.diagnose(task)
+    def run_now(self, job: str) -> float:
+        """Scripts and benchmarks: run "load", "segment", "register" or "diagnose" here and now, without a page;
+        returns the seconds taken."""
+        work, show = {"load": (self._load, self._show_loaded), "segment": (self._segment, self._show_segmentation),
+                      "register": (self._register, self._show_registration),
+                      "diagnose": (self._diagnose, self._show_diagnosis)}[job]
+        start = time.perf_counter()
+        result = work(lambda *args: None)
+        show(result, time.perf_counter() - start)
+        return time.perf_counter() - start
 
-        def show(result, seconds):
-            lines = [f"{task}: {result.prediction}"] + [f"  {name}: {p:.1%}" for name, p in
-                                                        sorted(result.probabilities.items(), key=lambda kv: -kv[1])]
-            self.state.diagnosed = True
-            self.state.diagnosis_text = "\n".join(lines)
-            self.state.xray_src = png_data_url(self.session.xray_rgb())
-            self.state.status = f"Diagnosis done in {seconds:.1f} s: {result.prediction}"
+    # work (worker thread: module Logic) and show (event loop: views and page) of each job -------------------
+    def _load(self, progress):
+        session = self.session
+        progress(0.1, "Loading the CT...")
+        session.load_ct()
+        progress(0.4, "Rendering the fluoroscopy frame..." if not session.inputs.frame else "Loading the frame...")
+        session.load_frame()
+        progress(0.8, "Loading the X-ray...")
+        session.load_xray(self.state.xray_sample)
+        return session
 
-        await self._run("Diagnosis", work, show)
+    def _show_loaded(self, session, seconds):
+        from medai_slicer.registration_scene import show_volume_rendering
+
+        show_volume_rendering(session.ct, VR_PRESET)
+        display = session.ct.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(*CT_WINDOW_LEVEL)
+        self.slice_view.set_background_volume_id(session.ct.GetID())
+        self.slice_view.fit_view_to_content()
+        self.threed_view.reset_view()
+        self.threed_view.zoom(0.35)  # the CT fills the view
+        self.state.frame_src = png_data_url(session.frame_rgb())
+        self.state.xray_src = png_data_url(session.xray_rgb())
+        self.state.loaded = True
+        self.state.status = f"Ready: CT, frame and X-ray loaded in {seconds:.1f} s"
+
+    def _segment(self, progress):
+        progress(0.02, "Segmenting the liver (ct-liver)...")
+        return self.session.segment(lambda fraction: progress(0.02 + 0.95 * fraction))
+
+    def _show_segmentation(self, node, seconds):
+        display = node.GetDisplayNode()
+        display.SetVisibility(True)
+        display.SetVisibility3D(True)
+        display.SetOpacity2DFill(0.35)
+        node.CreateClosedSurfaceRepresentation()
+        if self.fusion is not None:
+            self.fusion.segmentation = node
+        volume_ml = _segment_volume_ml(node, self.session.ct)
+        self.state.segmented = True
+        self.state.segmentation_text = (f"{node.GetName()}: {node.GetSegmentation().GetNumberOfSegments()} "
+                                        f"segment(s), liver {volume_ml:.0f} ml, {seconds:.1f} s")
+        self.state.status = "Segmentation done: liver surface in the 3D view, outline in the axial view"
+
+    def _register(self, progress):
+        return self.session.register(progress)
+
+    def _show_registration(self, outcome, seconds):
+        from medai_slicer.registration_scene import oblique_camera
+
+        session = self.session
+        self.fusion = session.registration.showFusion3D(session.ct, outcome.frameNode, outcome.transformNode,
+                                                       session.segmentation, VR_PRESET)
+        self._on_volume_rendering(self.state.volume_rendering)
+        camera = self.threed_view.get_camera_node()
+        view = oblique_camera(outcome.frameNode)
+        focal = np.asarray(view["focal_point"], dtype=float)
+        camera.SetPosition(*(focal + OBLIQUE_DISTANCE * (np.asarray(view["position"], dtype=float) - focal)))
+        camera.SetFocalPoint(*view["focal_point"])
+        camera.SetViewUp(*view["view_up"])
+        camera.SetViewAngle(view["view_angle_deg"])
+        camera.ResetClippingRange()
+        pose = outcome.result.pose.as_array()
+        self.state.registered = True
+        self.state.frame_src = png_data_url(session.frame_rgb())
+        self.state.overlay_src = png_data_url(session.overlay_rgb(self.state.overlay_kind))
+        self.state.registration_text = (
+            f"{outcome.summary}. Pose tx ty tz {pose[0]:.1f} {pose[1]:.1f} {pose[2]:.1f} mm, "
+            f"rx ry rz {pose[3]:.1f} {pose[4]:.1f} {pose[5]:.1f} deg.")
+        self.state.status = "Registration done: the CT follows the result; frame on its detector plane in 3D"
+
+    def _diagnose(self, progress):
+        progress(0.1, f"Classifying the X-ray ({self.state.diagnosis_task})...")
+        return self.session.diagnose(self.state.diagnosis_task)
+
+    def _show_diagnosis(self, result, seconds):
+        lines = [f"{self.state.diagnosis_task}: {result.prediction}"] + [
+            f"  {name}: {p:.1%}" for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1])]
+        self.state.diagnosed = True
+        self.state.diagnosis_text = "\n".join(lines)
+        self.state.xray_src = png_data_url(self.session.xray_rgb())
+        self.state.status = f"Diagnosis done in {seconds:.1f} s: {result.prediction}"
 
     # --- reactions to the page ------------------------------------------------------------------------------
     def _on_overlay_kind(self, overlay_kind, **_):
