@@ -11,6 +11,7 @@ display is updated on the event loop afterwards.
 from __future__ import annotations
 
 import asyncio
+import threading
 import base64
 import io
 import logging
@@ -81,6 +82,7 @@ class MedAIWebViewer:
         self.session = ViewerSession(inputs or Inputs())
         self.fusion = None
         self._busy = False
+        self._cancel = threading.Event()
         self._init_state()
         self._build_ui()
         self.layout_manager.set_layout(LAYOUT_ID)
@@ -115,7 +117,7 @@ class MedAIWebViewer:
                   "overlay_kind": "blend", "volume_rendering": True, "loaded": False,
                   "segmented": False, "registered": False, "diagnosed": False,
                   "segmentation_text": "", "registration_text": "", "diagnosis_text": "",
-                  "frame_src": "", "overlay_src": "", "xray_src": "", "jobs_done": 0})
+                  "frame_src": "", "overlay_src": "", "xray_src": "", "jobs_done": 0, "cancellable": False})
         s.change("overlay_kind")(self._on_overlay_kind)
         s.change("volume_rendering")(self._on_volume_rendering)
         s.change("xray_sample")(self._on_xray_sample)
@@ -168,6 +170,8 @@ class MedAIWebViewer:
             html.Div("2D/3D registration", classes="text-overline")
             v3.VBtn("Register the frame to the CT", id="btn-register", click=self.ctrl.register, block=True,
                     color="primary", disabled=("busy || !loaded",))
+            v3.VBtn("Cancel", id="btn-cancel", click=self.ctrl.cancel, block=True, variant="outlined",
+                    v_if=("busy && cancellable",))
             v3.VSelect(label="Overlay", v_model=("overlay_kind",), items=("['blend', 'checkerboard', 'edges']",),
                        density="compact", hide_details=True, disabled=("busy || !registered",))
             html.Div("{{ registration_text }}", id="registration-text", classes="text-caption")
@@ -187,6 +191,7 @@ class MedAIWebViewer:
         self.ctrl.segment = self.segment
         self.ctrl.register = self.register
         self.ctrl.diagnose = self.diagnose
+        self.ctrl.cancel = self.cancel
 
     # --- jobs -------------------------------------------------------------------------------------------------
     async def _run(self, label: str, work, show):
@@ -239,14 +244,31 @@ class MedAIWebViewer:
     async def _on_ready(self):
         await self._run("Loading", self._load, self._show_loaded)
 
-    async def segment(self):
-        await self._run("Segmentation", self._segment, self._show_segmentation)
+    # The page's buttons start a job in the background and return: the server keeps reading the page's
+    # messages (Cancel, view interaction) while the job runs.
+    def segment(self):
+        create_task(self._run("Segmentation", self._segment, self._show_segmentation))
 
-    async def register(self):
-        await self._run("Registration", self._register, self._show_registration)
+    def register(self):
+        create_task(self._register_job())
 
-    async def diagnose(self):
-        await self._run("Diagnosis", self._diagnose, self._show_diagnosis)
+    def diagnose(self):
+        create_task(self._run("Diagnosis", self._diagnose, self._show_diagnosis))
+
+    async def _register_job(self):
+        if self._busy:
+            return
+        self._cancel.clear()
+        self.state.cancellable = True  # sent with _run's first update
+        try:
+            await self._run("Registration", self._register, self._show_registration)
+        finally:
+            with self.state:
+                self.state.cancellable = False
+
+    def cancel(self, *_):
+        """Stop the registration at its next agent step (nothing is created)."""
+        self._cancel.set()
 
     def run_now(self, job: str) -> float:
         """Scripts and benchmarks: run "load", "segment", "register" or "diagnose" here and now, without a page;
@@ -305,11 +327,14 @@ class MedAIWebViewer:
         self.state.status = "Segmentation done: liver surface in the 3D view, outline in the axial view"
 
     def _register(self, progress):
-        return self.session.register(progress)
+        return self.session.register(progress, cancel=self._cancel.is_set)
 
     def _show_registration(self, outcome, seconds):
         from medai_slicer.registration_scene import oblique_camera
 
+        if outcome.cancelled:
+            self.state.status = "Registration cancelled: nothing was changed"
+            return
         session = self.session
         self.fusion = session.registration.showFusion3D(session.ct, outcome.frameNode, outcome.transformNode,
                                                        session.segmentation, VR_PRESET)
