@@ -5,17 +5,18 @@ rendering, segment surfaces, after registration the frame on its detector plane,
 the axial slice view (CT with the segmentation); below them the 2D views: the frame, the registered DRR over the
 frame, the X-ray with the diagnosis' heat map.
 
-Jobs run in a worker thread (the page keeps receiving progress) while the views' rendering is blocked; the
-display is updated on the event loop afterwards.
+A job runs as a background task: the module Logic in a worker thread (the page keeps receiving progress and
+can cancel a registration) while the views' rendering is blocked; the display is updated on the event loop
+afterwards.
 """
 from __future__ import annotations
 
 import asyncio
-import threading
 import base64
 import io
 import logging
 import os
+import threading
 import time
 
 if not os.environ.get("DISPLAY") and "VTK_DEFAULT_OPENGL_WINDOW" not in os.environ:
@@ -24,10 +25,10 @@ if not os.environ.get("DISPLAY") and "VTK_DEFAULT_OPENGL_WINDOW" not in os.envir
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 from trame.app import get_server  # noqa: E402
-from trame_server.utils.asynchronous import create_task  # noqa: E402
 from trame.ui.vuetify3 import VAppLayout  # noqa: E402
 from trame.widgets import html  # noqa: E402
 from trame.widgets import vuetify3 as v3  # noqa: E402
+from trame_server.utils.asynchronous import create_task  # noqa: E402
 from trame_slicer import module as trame_slicer_module  # noqa: E402
 from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
@@ -377,10 +378,8 @@ class MedAIWebViewer:
         ct = self.session.ct
         if ct is None or self._busy:
             return
-        from medai_slicer.registration_scene import _rendering_proxy
-
-        logic = slicer.modules.volumerendering.logic()
-        display = logic.GetFirstVolumeRenderingDisplayNode(_rendering_proxy(ct, 4_000_000))
+        rendered = ct.GetNodeReference("MedAI.renderingProxy") or ct  # show_volume_rendering's downsampled copy
+        display = slicer.modules.volumerendering.logic().GetFirstVolumeRenderingDisplayNode(rendered)
         if display is not None:
             display.SetVisibility(bool(volume_rendering))
         self._render_all()

@@ -31,9 +31,12 @@ class Inputs:
     xray: str | None = None
 
     def describe(self) -> dict:
-        return {"ct": self.ct or "sample: ct_abdomen (3D-IRCADb 1.17, 3 mm)",
-                "frame": self.frame or "synthetic fluoroscopy frame of the CT (LAO 30, off-centre)",
-                "xray": self.xray or "sample X-ray"}
+        """What the page shows as the inputs (file names, not paths)."""
+        name = lambda path: os.path.basename(os.path.normpath(path))  # noqa: E731
+        return {"ct": name(self.ct) if self.ct else "sample: ct_abdomen (3D-IRCADb 1.17, 3 mm)",
+                "frame": name(self.frame) if self.frame else
+                "synthetic fluoroscopy frame of the CT (LAO 30, off-centre)",
+                "xray": name(self.xray) if self.xray else "sample X-ray"}
 
 
 @dataclass
