@@ -256,10 +256,19 @@ def new_scene():
         "Transforms": slicer.vtkSlicerTransformLogic(),
         "VolumeRendering": slicer.vtkSlicerVolumeRenderingLogic(),
     }
-    for name, logic in logics.items():
-        logic.SetMRMLApplicationLogic(app_logic)
-        logic.SetMRMLScene(scene)
-        app_logic.SetModuleLogic(name, logic)
+    # Without an installed Slicer there are no colour-table files or volume rendering presets to load; the
+    # logics say so as errors on stderr. Expected here, so hidden (MedAI sets its own colours and presets).
+    import vtk
+
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        for name, logic in logics.items():
+            logic.SetMRMLApplicationLogic(app_logic)
+            logic.SetMRMLScene(scene)
+            app_logic.SetModuleLogic(name, logic)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
     return adopt_scene(scene, app_logic, logics)
 
 
