@@ -267,6 +267,7 @@ def new_scene():
             logic.SetMRMLApplicationLogic(app_logic)
             logic.SetMRMLScene(scene)
             app_logic.SetModuleLogic(name, logic)
+        logics["VolumeRendering"].GetPresetsScene()  # tries to load the presets once, here
     finally:
         vtk.vtkLogger.SetStderrVerbosity(verbosity)
     return adopt_scene(scene, app_logic, logics)
