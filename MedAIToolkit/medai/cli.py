@@ -197,6 +197,35 @@ def _cmd_web(args) -> int:
     return 0
 
 
+def _cmd_batch(args) -> int:
+    import torch
+
+    from .batch import DiagnoseTask, RegisterTask, SegmentTask, items_from, run_batch
+
+    torch.set_num_threads(args.threads)
+    if not args.inputs and not args.manifest:
+        raise MedAIInputError("give input files/folders or --manifest CSV")
+    if args.kind in ("segment", "register") and not args.out:
+        raise MedAIInputError(f"batch {args.kind} needs --out (the folder for its outputs)")
+    if args.kind != "register" and not args.task:
+        raise MedAIInputError(f"batch {args.kind} needs --task")
+    items = items_from(args.inputs, args.manifest, args.kind)
+    if args.kind == "diagnose":
+        task = DiagnoseTask(args.task, args.device, heatmaps=bool(args.out))
+    elif args.kind == "segment":
+        task = SegmentTask(args.task, args.device, args.seg_nrrd)
+    else:
+        task = RegisterTask(args.agent, args.device, refine=not args.no_refine)
+    counts = run_batch(task, items, args.csv, args.out, args.overwrite, args.workers, progress=not args.quiet)
+    for row in counts["rows"]:
+        if row["status"] == "failed":
+            reason = row["error"] if row["path"] in row["error"] else f"{row['path']}: {row['error']}"
+            print(f"medai batch {args.kind}: failed: {reason}", file=sys.stderr)
+    print(f"medai batch {args.kind}: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already "
+          f"done (skipped) of {len(items)} -> {args.csv}")
+    return 2 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medai", description="MedAIToolkit: deep learning for 3D Slicer, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--heatmaps", metavar="DIR", help="write Grad-CAM overlays <name>_heatmap.png here")
     diagnose.add_argument("--device", default="cpu")
     diagnose.set_defaults(func=_cmd_diagnose)
+
+    batch = sub.add_parser("batch", help="process a cohort: resumable, one results-CSV row per item as it goes")
+    batch.add_argument("kind", choices=["segment", "diagnose", "register"])
+    batch.add_argument("inputs", nargs="*", help="files or folders (segment, diagnose)")
+    batch.add_argument("--manifest", help="CSV of items: column 'path' (segment, diagnose) or ct, frame, tx ty tz rx "
+                                          "ry rz, pixel_spacing, sdd, sid, invert (register); relative to the CSV")
+    batch.add_argument("--csv", required=True, help="results CSV (appended as items finish; rerun to resume)")
+    batch.add_argument("--out", help="output folder (segmentations, heat maps, registration JSON)")
+    batch.add_argument("--task", help="segment / diagnose task")
+    batch.add_argument("--overwrite", action="store_true", help="redo done items and replace existing outputs")
+    batch.add_argument("--workers", type=int, default=1, help="threads reading inputs ahead of the model")
+    batch.add_argument("--seg-nrrd", action="store_true", help="segment 3D inputs to Slicer .seg.nrrd")
+    batch.add_argument("--agent", help="register: agent file (default: the shipped agent)")
+    batch.add_argument("--no-refine", action="store_true", help="register: agent only")
+    batch.add_argument("--device", default="cpu")
+    batch.add_argument("--threads", type=int, default=2, help="CPU threads for the models")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(func=_cmd_batch)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled samples and write results to --out")
     demo.add_argument("--out", default="medai-demo-output", help="output folder (created)")
