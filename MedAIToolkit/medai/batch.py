@@ -258,8 +258,9 @@ class RegisterTask(Task):
                         "steps": result.steps, **{k: f"{v:.3f}" for k, v in zip(POSE_COLUMNS, result.pose.as_array())}}
 
 
-def items_from(inputs=(), manifest: str | None = None, kind: str = "diagnose") -> list[Item]:
-    """Items from a CSV manifest (column ``path``, or ``frame`` for register) or from files/folders."""
+def items_from(inputs=(), manifest: str | None = None, kind: str = "diagnose", volumes: bool = False) -> list[Item]:
+    """Items from a CSV manifest (column ``path``, or ``frame`` for register) or from files/folders (``volumes``:
+    segment 3D inputs, a DICOM folder being one item)."""
     if manifest:
         with open(manifest, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -282,7 +283,7 @@ def items_from(inputs=(), manifest: str | None = None, kind: str = "diagnose") -
         return [Item(str(p)) for p in expand_inputs(inputs)]
     from .segmentation.batch import _inputs
 
-    return [Item(str(p)) for p in _inputs(inputs)] if inputs else []
+    return [Item(str(p)) for p in _inputs(inputs, volumes=volumes)] if inputs else []
 
 
 def run_batch(task: Task, items: list[Item], csv_path, out: str | None = None, overwrite: bool = False,

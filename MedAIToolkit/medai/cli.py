@@ -209,13 +209,14 @@ def _cmd_batch(args) -> int:
         raise MedAIInputError(f"batch {args.kind} needs --out (the folder for its outputs)")
     if args.kind != "register" and not args.task:
         raise MedAIInputError(f"batch {args.kind} needs --task")
-    items = items_from(args.inputs, args.manifest, args.kind)
     if args.kind == "diagnose":
         task = DiagnoseTask(args.task, args.device, heatmaps=bool(args.out))
     elif args.kind == "segment":
         task = SegmentTask(args.task, args.device, args.seg_nrrd)
     else:
         task = RegisterTask(args.agent, args.device, refine=not args.no_refine)
+    volumes = args.kind == "segment" and task.segmenter.task.slice_wise
+    items = items_from(args.inputs, args.manifest, args.kind, volumes=volumes)
     counts = run_batch(task, items, args.csv, args.out, args.overwrite, args.workers, progress=not args.quiet)
     for row in counts["rows"]:
         if row["status"] == "failed":
