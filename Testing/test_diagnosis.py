@@ -202,7 +202,7 @@ def test_cli_diagnose_batch_csv_heatmaps_and_errors_per_file(data_dir, tmp_path)
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2  # some files failed ...
     rows = list(csv.DictReader(open(out_csv)))
-    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "error"]
+    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "warning", "error"]
     by_name = {Path(r["path"]).name: r for r in rows}
     assert len(rows) == 5
     for name in ("a_normal.jpeg", "b_pneumonia.jpeg"):  # ... the others are still done

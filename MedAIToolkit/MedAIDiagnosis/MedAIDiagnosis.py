@@ -204,6 +204,8 @@ class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
             heat = classifier.heatmap(image, k, name)
             heat_node = add_heatmap_node(scene, heat, volume, f"{name} {task} heat map ({prediction})")
         report = report_text(classifier.classes, probabilities, name, classifier.task.description, classifier.temperature)
+        if inputXRay.GetAttribute("MedAI.warning"):
+            report += f"\nInput: {inputXRay.GetAttribute('MedAI.warning')}"
         report_node = add_report_node(scene, report, f"{name} {task} report")
         logging.info(report)
         return DiagnosisResult(prediction, dict(zip(classifier.classes, map(float, probabilities))), table, heat_node,

@@ -131,21 +131,23 @@ class DiagnoseTask(Task):
 
         self.classifier = Classifier(task, device=device)
         self.heatmaps = heatmaps
-        self.fields = ["prediction", *(f"p_{c}" for c in self.classifier.classes)]
+        self.fields = ["prediction", *(f"p_{c}" for c in self.classifier.classes), "warning"]
 
     def read(self, item):
         from .io import read_xray
 
-        return read_xray(item.path).array
+        xray = read_xray(item.path)
+        return xray.array, xray.meta.get("warning", "")
 
-    def process(self, item, image, outputs):
+    def process(self, item, data, outputs):
         from PIL import Image
 
         from .diagnosis.batch import overlay_rgb
 
+        image, warning = data
         probabilities = self.classifier.probabilities([image], [item.path])[0]
         k = int(np.argmax(probabilities))
-        columns = {"prediction": self.classifier.classes[k],
+        columns = {"prediction": self.classifier.classes[k], "warning": warning,
                    **{f"p_{c}": f"{p:.4f}" for c, p in zip(self.classifier.classes, probabilities)}}
         written = []
         if outputs is not None and self.heatmaps:

@@ -1,6 +1,7 @@
 """Files -> NEW MRML nodes through the engine's readers (geometry preserved, errors named)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -48,4 +49,7 @@ def load_xray_node(scene, path: str, name: str | None = None, frame: int = 0):
     node.SetAttribute("MedAI.sourcePath", os.path.abspath(path))
     node.SetAttribute("MedAI.kind", "xray")
     node.SetAttribute("MedAI.pixelSpacingKnown", str(image.pixel_spacing_mm is not None))
+    if image.meta.get("warning"):  # e.g. converted to grey from an RGB file with coloured annotations
+        node.SetAttribute("MedAI.warning", image.meta["warning"])
+        logging.warning(f"{path}: {image.meta['warning']}")
     return node

@@ -60,9 +60,10 @@ def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, 
     if heatmaps:
         os.makedirs(heatmaps, exist_ok=True)
     for path in expand_inputs(inputs):
-        row = {"path": str(path), "prediction": "", **{f"p_{c}": "" for c in classes}, "error": ""}
+        row = {"path": str(path), "prediction": "", **{f"p_{c}": "" for c in classes}, "warning": "", "error": ""}
         try:
-            image = read_xray(str(path)).array
+            xray = read_xray(str(path))
+            image, row["warning"] = xray.array, xray.meta.get("warning", "")
             probabilities = classifier.probabilities([image], [str(path)])[0]
             row["prediction"] = classes[int(np.argmax(probabilities))]
             row.update({f"p_{c}": f"{p:.4f}" for c, p in zip(classes, probabilities)})
