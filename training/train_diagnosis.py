@@ -5,6 +5,11 @@
         [--resume] [--export] [--compare runs/a runs/b ...] [--optuna N]
     torchrun --nproc_per_node 2 training/train_diagnosis.py --task pneumonia ...   # DDP (gloo on CPU)
 
+``--device auto|cpu|cuda`` (auto: CUDA when there is a GPU). Under torchrun, ``batch_size`` is the global batch:
+each of the N processes trains on its 1/N shard of the same epoch order, with each image's augmentation seeded by
+its place in the run and BatchNorm statistics synchronised over the processes, so N processes take the same steps
+as one (``medai.distributed``; dropout masks excepted). Rank 0 alone validates, logs and checkpoints.
+
 Patient-level splits (medai.diagnosis.data). Class-balanced sampling, MONAI augmentation, AdamW + one-cycle
 schedule, an exponential moving average of the weights (what is validated and saved), early stopping on the
 validation loss (not before ``min_epochs``). Writes to ``--out``: ``metrics.csv`` (per epoch), ``last.pt`` (resumable), ``best.pt``,
@@ -25,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
+from medai import distributed  # noqa: E402
+from medai.errors import MedAIInputError  # noqa: E402
 from medai.diagnosis.data import (  # noqa: E402
     describe_split, labels_tensor, load_images, lung_box_masks, lung_regions, records,
 )
@@ -46,7 +52,7 @@ from medai.diagnosis.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
             "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2,
-            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5}
+            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5, "device": "auto"}
 
 
 HEATMAP_METHOD = ("MONAI GradCAM on the last convolutional stage for the score 'logit of the class minus the mean of "
@@ -78,6 +84,10 @@ class Augmentation:
             RandGaussianNoise(prob=0.3, std=0.02),
         ])
         # seeded AFTER building: a new Compose re-draws its transforms' random states from fresh entropy
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws from ``seed`` (training seeds every image by its place in the run)."""
         self.spatial.set_random_state(seed=seed)
         self.intensity.set_random_state(seed=seed + 1)
 
@@ -125,13 +135,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     if cfg.get("network"):
         spec = {"name": cfg["network"]} if cfg["network"] != spec.get("name") else spec
     spec["dropout"] = cfg["dropout"]
-    torch.set_num_threads(int(cfg["threads"]))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = 0
-    if world > 1:
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
-    torch.manual_seed(cfg["seed"] + rank)
+    ctx = distributed.setup(cfg.get("device"))
+    device, rank, world = ctx.device, ctx.rank, ctx.world
+    local_batch = distributed.local_batch_size(int(cfg["batch_size"]), ctx)
+    torch.set_num_threads(max(1, int(cfg["threads"]) // world))
+    torch.manual_seed(cfg["seed"] + rank)  # dropout masks differ per rank; the weights are rank 0's (DDP)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -158,11 +166,14 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     if attention > 0 and not isinstance(model, CompactCXRNet):
         raise SystemExit("lung_attention needs the compact network (a global-average-pool + linear head)")
     skipped = load_init(model, init) if init else []
+    model = model.to(device)
     # EMA of the weights only; its BatchNorm statistics are recomputed on the (clean) training images before
-    # each validation: averaged running statistics do not match averaged weights (measured: class bias flips)
+    # each validation: averaged running statistics do not match averaged weights (measured: class bias flips).
+    # Built before the BatchNorm layers are synchronised: rank 0 validates it alone, without collectives.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=False)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    steps_per_epoch = int(cfg.get("steps_per_epoch") or max(1, len(y_train) // (cfg["batch_size"] * world)))
+    model = distributed.sync_batchnorm(model, ctx)
+    net = distributed.wrap(model, ctx)
+    steps_per_epoch = int(cfg.get("steps_per_epoch") or max(1, len(y_train) // cfg["batch_size"]))
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
                                                     pct_start=0.15)
@@ -174,7 +185,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-    augment = Augmentation(task.image_size, cfg["seed"] + 1000 * rank)
+    augment = Augmentation(task.image_size, cfg["seed"])
     log_path = out / "metrics.csv"
     fields = ["epoch", "train_loss", "train_energy_outside_lungs", "val_loss", "val_accuracy", "val_auc_macro",
               "val_heatmap_mass_in_lungs", "lr", "seconds"]
@@ -187,24 +198,29 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         t0 = time.time()
         net.train()
         generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
-        order = balanced_indices(y_train, generator, age_groups)[: steps_per_epoch * cfg["batch_size"] * world]
-        mine = order[rank::world]
+        order = balanced_indices(y_train, generator, age_groups)[: steps_per_epoch * cfg["batch_size"]]
+        positions = distributed.shard(cfg["batch_size"], ctx)  # this rank's places in every global batch
         losses, outside_losses = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
         for step in bar:
-            idx = mine[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+            global_batch = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+            idx = global_batch[positions]
+            assert len(idx) == local_batch
+            pairs = []
+            for position, i in zip(positions, idx.tolist()):
+                augment.reseed(distributed.sample_seed(cfg["seed"], epoch, step, position))
+                pairs.append(augment(x_train[i], regions[i]) if attention > 0 else (augment(x_train[i]),))
+            batch, labels = torch.stack([p[0] for p in pairs]).to(device), y_train[idx].to(device)
             if attention > 0:
-                pairs = [augment(x_train[i], regions[i]) for i in idx.tolist()]
-                batch, region = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+                region = torch.stack([p[1] for p in pairs]).to(device)
                 logits, features = net(batch, return_features=True)
-                loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg["label_smoothing"])
-                outside_loss = energy_outside_lungs(model.head.weight, features, logits, y_train[idx], region,
-                                                    image_weights[idx])
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg["label_smoothing"])
+                outside_loss = energy_outside_lungs(model.head.weight, features, logits, labels, region,
+                                                    image_weights[idx].to(device))
                 loss = loss + attention * outside_loss
                 outside_losses.append(float(outside_loss.detach()))
             else:
-                batch = torch.stack([augment(x_train[i]) for i in idx.tolist()])
-                loss = F.cross_entropy(net(batch), y_train[idx], label_smoothing=cfg["label_smoothing"])
+                loss = F.cross_entropy(net(batch), labels, label_smoothing=cfg["label_smoothing"])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -212,17 +228,20 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             ema.update_parameters(model)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        epoch_losses.append(float(np.mean(losses)))
-        stop = torch.zeros(1)
+        # the global batch's losses (mean over ranks of equal shards)
+        train_loss, train_outside = distributed.mean_over_ranks(
+            [np.mean(losses), np.mean(outside_losses) if outside_losses else float("nan")], ctx)
+        epoch_losses.append(train_loss)
+        stop = False
         if rank == 0:
-            update_bn([x_train[i:i + 64] for i in range(0, len(x_train), 64)], ema)
+            update_bn([x_train[i:i + 64] for i in range(0, len(x_train), 64)], ema, device=device)
             ema.eval()
             with torch.no_grad():
-                val_logits = ema(x_val)
-                val_in_lungs = heatmap_mass_in_lungs(ema.module, *val_boxed)
+                val_logits = torch.cat([ema(x_val[i:i + 256].to(device)).cpu() for i in range(0, len(x_val), 256)])
+                val_in_lungs = heatmap_mass_in_lungs(ema.module, *(v.to(device) for v in val_boxed))
             val_loss = float(F.cross_entropy(val_logits, y_val))
             report = classification_report(softmax(val_logits.numpy()), y_val.numpy(), task.classes)
-            row = [epoch + 1, np.mean(losses), np.mean(outside_losses) if outside_losses else float("nan"), val_loss,
+            row = [epoch + 1, train_loss, train_outside, val_loss,
                    report["accuracy"], report["auc_macro"], val_in_lungs, scheduler.get_last_lr()[0], time.time() - t0]
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
@@ -230,7 +249,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 for name, value in zip(fields[1:-1], row[1:-1]):
                     writer.add_scalar(name, value, epoch + 1)
             if progress:
-                print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}  val loss {val_loss:.4f}  "
+                print(f"epoch {epoch + 1}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                       f"acc {report['accuracy']:.3f}  AUC {report['auc_macro']:.4f}  heat map in lungs "
                       f"{val_in_lungs:.3f}  ({time.time() - t0:.0f} s)")
             if val_loss < best["val_loss"]:
@@ -244,18 +263,15 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
                         "network": spec, "config": cfg}, out / "last.pt")
             # no early stop while the learning rate is high (BN statistics and weights still move fast)
-            stop[0] = float(stale >= cfg["patience"] and epoch + 1 >= cfg["min_epochs"])
-        if world > 1:
-            dist.broadcast(stop, 0)
+            stop = stale >= cfg["patience"] and epoch + 1 >= cfg["min_epochs"]
+        stop = distributed.broadcast_flag(stop, ctx)
         if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"]:
             break  # an interrupted run (tests, time-limited jobs): --resume continues from last.pt
-        if stop[0]:
+        if stop:
             if rank == 0 and progress:
                 print(f"early stop: validation loss has not improved for {cfg['patience']} epochs")
             break
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    distributed.cleanup(ctx)
     best["train_losses"] = epoch_losses
     best["init"] = init
     best["init_skipped_keys"] = skipped
@@ -461,6 +477,7 @@ def main() -> int:
     parser.add_argument("--export", action="store_true", help="evaluate and write Resources/Models/<task>.pt + card")
     parser.add_argument("--compare", nargs="*", default=[], help="other runs to list in the model card")
     parser.add_argument("--optuna", type=int, default=0, help="number of Optuna trials (optional dependency)")
+    parser.add_argument("--device", help="auto (default: CUDA when there is a GPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
 
@@ -469,14 +486,18 @@ def main() -> int:
     if args.config:  # recorded, so that the model card's command names it
         given = Path(args.config).resolve()
         config["config_file"] = str(given.relative_to(REPO)) if given.is_relative_to(REPO) else args.config
-    for key in ("network", "epochs", "seed", "balance", "lung_attention"):
+    for key in ("network", "epochs", "seed", "balance", "lung_attention", "device"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     out = args.out or f"runs/{args.task}"
     if args.optuna:
         config.update(optuna_search(args.task, out + "-optuna", config, args.optuna))
     if not args.no_train:
-        best = train(args.task, out, config, resume=args.resume, progress=not args.quiet, init=args.init)
+        try:
+            best = train(args.task, out, config, resume=args.resume, progress=not args.quiet, init=args.init)
+        except MedAIInputError as exc:  # e.g. --device cuda without a GPU, a batch that does not split
+            print(f"train_diagnosis: {exc}", file=sys.stderr)
+            return 2
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(best))
     if int(os.environ.get("RANK", "0")) != 0:

@@ -4,6 +4,11 @@
         [--epochs N] [--out runs/em-membranes] [--resume] [--export]
     torchrun --nproc_per_node 2 training/train_segmentation.py --task em-membranes ...   # DDP (gloo on CPU)
 
+``--device auto|cpu|cuda`` (auto: CUDA when there is a GPU). Under torchrun, ``batch_size`` is the global batch:
+each of the N processes trains on its 1/N shard of the same seeded global batch, with each sample's augmentation
+seeded by its place in the run, so N processes take the same steps as one (``medai.distributed``; the dropout
+masks excepted). Rank 0 alone validates, logs and checkpoints.
+
 Writes to ``--out``: ``metrics.csv`` (per epoch: loss, per-label validation Dice/IoU, lr, seconds),
 ``last.pt`` (resumable: model, optimiser, scheduler, epoch, best score), ``best.pt`` (the model to ship: the
 checkpoint with the best validation Dice, or the final weights with ``select_on_validation: false``, for
@@ -22,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
+from medai import distributed  # noqa: E402
+from medai.errors import MedAIInputError  # noqa: E402
 from medai.segmentation.data import load_split  # noqa: E402
 from medai.segmentation.inference import Segmenter, case_truth, predict_case  # noqa: E402
 from medai.segmentation.metrics import per_label_scores  # noqa: E402
@@ -36,7 +42,7 @@ from medai.segmentation.networks import build_network  # noqa: E402
 from medai.segmentation.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 40, "iterations_per_epoch": 25, "batch_size": 8, "lr": 2e-3, "weight_decay": 1e-4,
-            "seed": 0, "val_every": 2, "threads": 2}
+            "seed": 0, "val_every": 2, "threads": 2, "device": "auto"}
 
 
 def train_transforms(task, seed: int, config: dict | None = None):
@@ -98,18 +104,18 @@ def segmentation_loss(cfg: dict):
     return loss
 
 
-def sample_batch(positives: list, n_cases: int, batch_size: int, positive_fraction: float | None) -> np.ndarray:
-    """Case indices of a batch; with ``positive_fraction``, that share comes from cases holding a label
+def sample_batch(positives: list, n_cases: int, batch_size: int, positive_fraction: float | None,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Case indices of a (global) batch; with ``positive_fraction``, that share comes from cases holding a label
     (rare structures such as a tumour in a few slices), the rest uniformly from all cases."""
-    picks = np.random.randint(n_cases, size=batch_size)
+    picks = rng.integers(n_cases, size=batch_size)
     if positive_fraction and positives:
-        chosen = np.random.rand(batch_size) < positive_fraction
-        picks[chosen] = np.random.choice(positives, size=int(chosen.sum()))
+        chosen = rng.random(batch_size) < positive_fraction
+        picks[chosen] = rng.choice(positives, size=int(chosen.sum()))
     return picks
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+_unwrap = distributed.unwrap
 
 
 def train(task_name: str, out: str, config: dict, resume: bool = False, progress: bool = True) -> dict:
@@ -118,24 +124,17 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
 
     task = get_task(task_name)
     cfg = {**DEFAULTS, **config}
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    device = torch.device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    rank, world = 0, 1
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    ctx = distributed.setup(cfg.get("device"))
+    device, rank, world = ctx.device, ctx.rank, ctx.world
+    local_batch = distributed.local_batch_size(int(cfg["batch_size"]), ctx)
     torch.set_num_threads(max(1, int(cfg["threads"]) // world))
-    torch.manual_seed(cfg["seed"] + rank)
-    np.random.seed(cfg["seed"] + rank)
+    torch.manual_seed(cfg["seed"] + rank)  # dropout masks differ per rank; the weights are rank 0's (DDP)
 
     train_cases = load_split(task_name, "train", cfg.get("train_case"))
     val_cases = load_split(task_name, "val", cfg.get("train_case")) if rank == 0 else []
-    transforms = train_transforms(task, cfg["seed"] + 1000 * rank, cfg)
-    model = build_network(task).to(device)
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    transforms = train_transforms(task, cfg["seed"], cfg)
+    model = build_network(task, cfg.get("dropout")).to(device)
+    model = distributed.wrap(distributed.sync_batchnorm(model, ctx), ctx)
     loss_fn = segmentation_loss(cfg)
     positives = [i for i, case in enumerate(train_cases) if case["label"].max() > 0]
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -145,7 +144,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     out_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, losses = 0, -1.0, []
     if resume and (out_dir / "last.pt").exists():
-        state = torch.load(out_dir / "last.pt", map_location=device, weights_only=False)
+        state = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
         _unwrap(model).load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
@@ -165,9 +164,16 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         epoch_losses = []
         bar = tqdm(range(cfg["iterations_per_epoch"]), desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                    disable=not progress or rank != 0, leave=False)
-        for _ in bar:
-            picks = sample_batch(positives, len(train_cases), cfg["batch_size"], cfg.get("positive_fraction"))
-            batch = [transforms({"image": train_cases[i]["image"], "label": train_cases[i]["label"]}) for i in picks]
+        for step in bar:
+            # the same global batch on every rank (seeded by epoch and step, so --resume draws it again too)
+            rng = np.random.default_rng([cfg["seed"], epoch, step])
+            picks = sample_batch(positives, len(train_cases), cfg["batch_size"], cfg.get("positive_fraction"), rng)
+            batch = []
+            for position in distributed.shard(len(picks), ctx):  # this rank's share: local_batch samples
+                transforms.set_random_state(seed=distributed.sample_seed(cfg["seed"], epoch, step, position))
+                case = train_cases[picks[position]]
+                batch.append(transforms({"image": case["image"], "label": case["label"]}))
+            assert len(batch) == local_batch
             images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
             labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).long().to(device)
             optimiser.zero_grad(set_to_none=True)
@@ -177,11 +183,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             scheduler.step()
             epoch_losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(epoch_losses):.4f}")
-        losses.append(float(np.mean(epoch_losses)))
+        losses.append(distributed.mean_over_ranks([np.mean(epoch_losses)], ctx)[0])  # the global batch's loss
         if rank != 0:
             continue
         scores = None
-        if val_cases and ((epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]):
+        if val_cases and cfg["val_every"] and ((epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]):
             scores = evaluate(task, model, val_cases, device)
             score = float(np.mean([s["dice"] for s in scores.values()]))
             if score > best and cfg.get("select_on_validation", True):
@@ -200,9 +206,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             print(f"epoch {epoch + 1}: loss {losses[-1]:.4f} {shown}", flush=True)
     if rank == 0 and not cfg.get("select_on_validation", True) and last_epoch == cfg["epochs"]:
         torch.save(_unwrap(model).state_dict(), out_dir / "best.pt")  # the final weights are the model
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    distributed.cleanup(ctx)
     return {"losses": losses, "best": best, "metrics_csv": str(metrics_path)}
 
 
@@ -278,7 +282,7 @@ def main() -> int:
     parser.add_argument("--out", help="run folder (default runs/<task>)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="auto (default: CUDA when there is a GPU), cpu, cuda, cuda:N")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--stop-after-epochs", type=int, help="stop after this many epochs (continue with --resume)")
     parser.add_argument("--export", action="store_true", help="evaluate on the held-out split and ship the model")
@@ -295,7 +299,11 @@ def main() -> int:
             config[key] = getattr(args, key)
     out = args.out or str(REPO / "runs" / args.task)
     if not args.export_only:
-        train(args.task, out, config, resume=args.resume)
+        try:
+            train(args.task, out, config, resume=args.resume)
+        except MedAIInputError as exc:  # e.g. --device cuda without a GPU, a batch that does not split
+            print(f"train_segmentation: {exc}", file=sys.stderr)
+            return 2
     if args.evaluate and not (args.export or args.export_only) and int(os.environ.get("RANK", 0)) == 0:
         mean, _, seconds = evaluate_held_out(args.task, out, config)
         print(json.dumps({"held_out": mean, "cpu_seconds_per_case": round(seconds, 3)}, indent=2))
