@@ -23,6 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
+from medai.distributed import resolve_device  # noqa: E402
 from medai.errors import MedAIInputError  # noqa: E402
 from medai.io import read_volume  # noqa: E402
 from medai.models import models_dir  # noqa: E402
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--minutes", type=float, help="stop after this wall-clock time")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", help="start from this agent file (fine-tuning)")
     parser.add_argument("--resume", action="store_true")
@@ -63,10 +64,10 @@ def main(argv=None) -> int:
     parser.add_argument("--export-only", action="store_true", help="ship --out/last.pt without training")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but CUDA is not available on this machine")
+    try:
+        args.device = str(resolve_device(args.device))
+    except MedAIInputError as exc:  # --device cuda without a GPU: the reason, no traceback
+        raise SystemExit(f"train_registration_agent: {exc}")
     raw = yaml.safe_load(Path(args.config).read_text()) or {}
     train_names, heldout_names = raw.pop("train_cts", ["chest"]), raw.pop("heldout_cts", [])
     for key in ("iterations", "minutes", "seed"):
