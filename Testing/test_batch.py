@@ -114,6 +114,29 @@ def test_existing_output_is_not_overwritten_unless_asked(em_slices, tmp_path):
     assert precious.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_inputs_whose_outputs_would_collide(data_dir, tmp_path):
+    """p.jpeg and p.png would both give p_heatmap.png: the second is recorded as failed, the first's output kept;
+    a volume named with dots keeps them in its output name."""
+    from medai.segmentation.batch import study_name
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    source = sorted((data_dir / "chest_xray" / "kermany_224" / "NORMAL").glob("*.jpeg"))[0]
+    shutil.copy(source, folder / "p.jpeg")
+    from PIL import Image
+
+    Image.open(source).save(folder / "p.png")
+    args = ["batch", "diagnose", str(folder), "--task", "pneumonia", "--out", str(tmp_path / "heat"), "--quiet"]
+    assert main(args + ["--csv", str(tmp_path / "r.csv")]) == 2
+    rows = {Path(row["path"]).name: row for row in rows_of(tmp_path / "r.csv")}
+    assert rows["p.jpeg"]["status"] == "done" and rows["p.png"]["status"] == "failed"
+    assert "already the output of" in rows["p.png"]["error"] and str(folder / "p.jpeg") in rows["p.png"]["error"]
+    assert main(args + ["--csv", str(tmp_path / "r.csv")]) == 2  # a rerun does not let the second one in
+    assert [p.name for p in (tmp_path / "heat").glob("*.png")] == ["p_heatmap.png"]
+    assert study_name("case.17_3mm.nrrd") == "case.17_3mm" and study_name("ct.nii.gz") == "ct"
+    assert study_name(tmp_path / "DICOM.dir") == "DICOM.dir"
+
+
 def test_batch_register_over_a_manifest(tmp_path):
     """Two frames of the sample CT at known poses and one missing frame: two results within 2 mm, one failure."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render

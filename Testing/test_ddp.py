@@ -82,7 +82,7 @@ def test_diagnosis_two_processes_equal_one(data_dir, tmp_path):
 
     config = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8, "lr": 2e-3, "limit_images": 48, "seed": 6,
               "dropout": 0.0, "min_epochs": 99, "threads": 2}
-    one = train("pneumonia", str(tmp_path / "one"), {**config, "device": "cpu"}, progress=False)
+    train("pneumonia", str(tmp_path / "one"), {**config, "device": "cpu"}, progress=False)
     run = torchrun("train_diagnosis.py", "--task", "pneumonia", "--device", "cpu", "--out", tmp_path / "two",
                    "--config", write_config(tmp_path / "tiny.yaml", config), "--quiet")
     assert run.returncode == 0, run.stderr[-3000:]

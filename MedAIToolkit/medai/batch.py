@@ -6,7 +6,8 @@
   items are tried again (a new row; the last row of a path is its state).
 - Outputs are written under a temporary name in the output folder and renamed into place (``os.replace``), so no
   partial file is ever left under an output name. A journal (``.medai-batch-journal`` in the output folder) lists
-  what this batch is about to write, so an output renamed just before a kill is recognised as its own on rerun.
+  what this batch is about to write and for which input, so an output renamed just before a kill is recognised as
+  its own on rerun, and two inputs whose outputs would have the same name are caught (the second one fails).
 - Inputs are never modified; existing outputs that this batch did not write are never overwritten unless
   ``overwrite``. A failure (unreadable file, wrong kind of image, no overlap, ...) is recorded with its reason and
   the run goes on. Models are loaded once per run; ``workers`` threads read inputs ahead of the model.
@@ -22,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .errors import MedAIInputError, MedAIModelError
 
@@ -81,28 +81,40 @@ class ResultsCSV:
 
 
 class OutputFolder:
-    """Atomic, journalled writes into the output folder; refuses to replace what this batch did not write."""
+    """Atomic, journalled writes into the output folder; refuses to replace what this batch did not write, and
+    an output that another input of this batch wrote (two inputs whose output names collide)."""
 
     def __init__(self, folder, overwrite: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.overwrite = overwrite
         self.journal = self.folder / JOURNAL
-        self.ours = set(self.journal.read_text().splitlines()) if self.journal.exists() else set()
+        self.owners: dict[str, str] = {}  # output path -> the input it belongs to ("" in journals of before)
+        if self.journal.exists():
+            text = self.journal.read_text()
+            for line in text[: text.rfind("\n") + 1].splitlines():  # a line without its newline was torn
+                target, _, owner = line.partition("\t")
+                if target:
+                    self.owners[target] = owner
         for stale in self.folder.glob(PARTIAL_PREFIX + "*"):  # left by a killed run
             stale.unlink()
 
-    def write(self, name: str, writer) -> str:
-        """``writer(temporary_path)`` writes the file; it is then renamed to ``name``. Returns the final path."""
+    def write(self, name: str, writer, owner: str = "") -> str:
+        """``writer(temporary_path)`` writes the file; it is then renamed to ``name``. ``owner``: the input it
+        is the output of. Returns the final path."""
         target = self.folder / name
-        if target.exists() and not self.overwrite and str(target) not in self.ours:
+        key = str(target)
+        if target.exists() and not self.overwrite and key not in self.owners:
             raise MedAIInputError(f"{target} already exists (not written by this batch); use --overwrite")
-        if str(target) not in self.ours:
+        if self.owners.get(key) not in (None, "", owner):
+            raise MedAIInputError(f"{owner}: its output {target} is already the output of {self.owners[key]}; "
+                                  "rename one of the two inputs")
+        if self.owners.get(key) != owner:
             with open(self.journal, "a") as f:
-                f.write(f"{target}\n")
+                f.write(f"{key}\t{owner}\n")
                 f.flush()
                 os.fsync(f.fileno())
-            self.ours.add(str(target))
+            self.owners[key] = owner
         temporary = self.folder / f"{PARTIAL_PREFIX}{name}"
         try:
             writer(temporary)
@@ -110,7 +122,7 @@ class OutputFolder:
         finally:
             if temporary.exists():
                 temporary.unlink()
-        return str(target)
+        return key
 
 
 class Task:
@@ -142,20 +154,16 @@ class DiagnoseTask(Task):
     def process(self, item, data, outputs):
         from PIL import Image
 
-        from .diagnosis.batch import overlay_rgb
+        from .diagnosis.batch import classify_image
 
         image, warning = data
-        probabilities = self.classifier.probabilities([image], [item.path])[0]
-        k = int(np.argmax(probabilities))
-        columns = {"prediction": self.classifier.classes[k], "warning": warning,
-                   **{f"p_{c}": f"{p:.4f}" for c, p in zip(self.classifier.classes, probabilities)}}
+        heatmap = outputs is not None and self.heatmaps
+        columns, overlay = classify_image(self.classifier, image, item.path, heatmap=heatmap)
         written = []
-        if outputs is not None and self.heatmaps:
-            heat = self.classifier.heatmap(image, k, item.path)
-            rgb = overlay_rgb(image, heat)
+        if overlay is not None:
             written.append(outputs.write(f"{Path(item.path).stem}_heatmap.png",
-                                         lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG")))
-        return written, columns
+                                         lambda tmp: Image.fromarray(overlay).save(tmp, format="PNG"), item.path))
+        return written, {**columns, "warning": warning}
 
 
 class SegmentTask(Task):
@@ -175,31 +183,21 @@ class SegmentTask(Task):
         return read_2d(Path(item.path))
 
     def process(self, item, data, outputs):
-        from PIL import Image
+        from .segmentation.batch import label_fractions, label_volumes_ml, study_name, write_labels
 
-        from .io import Volume, write_volume
-        from .segmentation.labels import write_seg_nrrd
-
-        task = self.segmenter.task
+        segmenter, task = self.segmenter, self.segmenter.task
         if not task.slice_wise:
-            classes = self.segmenter(data)
-            values = self.segmenter.to_output_values(classes)
+            classes = segmenter(data)
             path = outputs.write(f"{Path(item.path).stem}_seg.png",
-                                 lambda tmp: Image.fromarray(values).save(tmp, format="PNG"))
-            return [path], {_column(name, "fraction"): round(float((classes == index).mean()), 4)
-                            for index, (name, _) in task.labels.items()}
-        classes = self.segmenter.segment_volume(data)
+                                 lambda tmp: write_labels(segmenter, classes, tmp, fmt="png"), item.path)
+            return [path], {_column(name, "fraction"): v for name, v in label_fractions(segmenter, classes).items()}
+        classes = segmenter.segment_volume(data)
         geometry = data[0].geometry
-        name = Path(item.path).name.split(".")[0] or "volume"
-        if self.seg_nrrd:
-            path = outputs.write(f"{name}_{task.name}.seg.nrrd", lambda tmp: write_seg_nrrd(
-                classes, geometry, task.labels, task.output_values, str(tmp)))
-        else:
-            path = outputs.write(f"{name}_{task.name}.nii.gz", lambda tmp: write_volume(
-                Volume(self.segmenter.to_output_values(classes), geometry), str(tmp)))
-        voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
-        return [path], {_column(label, "ml"): round(float((classes == index).sum()) * voxel_ml, 1)
-                        for index, (label, _) in task.labels.items()}
+        name = study_name(item.path)
+        suffix, fmt = (".seg.nrrd", "seg.nrrd") if self.seg_nrrd else (".nii.gz", "volume")
+        path = outputs.write(f"{name}_{task.name}{suffix}",
+                             lambda tmp: write_labels(segmenter, classes, tmp, geometry, fmt=fmt), item.path)
+        return [path], {_column(label, "ml"): v for label, v in label_volumes_ml(segmenter, classes, geometry).items()}
 
 
 def _column(label: str, unit: str) -> str:
@@ -255,7 +253,8 @@ class RegisterTask(Task):
                                                   refine_result=self.refine)
         record = {"ct": ct_path, "frame": item.path, "carm": frame.carm.to_dict(), **result.to_dict()}
         text = json.dumps(record, indent=2)
-        path = outputs.write(f"{Path(item.path).stem}_registration.json", lambda tmp: Path(tmp).write_text(text))
+        path = outputs.write(f"{Path(item.path).stem}_registration.json", lambda tmp: Path(tmp).write_text(text),
+                             item.path)
         return [path], {"ct": ct_path, "confidence": f"{result.confidence:.4f}", "similarity": f"{result.similarity:.4f}",
                         "steps": result.steps, **{k: f"{v:.3f}" for k, v in zip(POSE_COLUMNS, result.pose.as_array())}}
 

@@ -48,6 +48,17 @@ def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
     return (rgb * 255).round().astype(np.uint8)
 
 
+def classify_image(classifier: Classifier, image: np.ndarray, name: str, heatmap: bool = False):
+    """One X-ray -> (columns ``prediction``, ``p_<CLASS>`` (4 decimals), the heat map blended over the X-ray as
+    uint8 RGB or None). What ``medai diagnose`` and ``medai batch diagnose`` write per image."""
+    classes = classifier.classes
+    probabilities = classifier.probabilities([image], [name])[0]
+    k = int(np.argmax(probabilities))
+    columns = {"prediction": classes[k], **{f"p_{c}": f"{p:.4f}" for c, p in zip(classes, probabilities)}}
+    overlay = overlay_rgb(image, classifier.heatmap(image, k, name)) if heatmap else None
+    return columns, overlay
+
+
 def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, heatmaps: str | None = None) -> list[dict]:
     """Classify every input. Returns one row per file: path, prediction, p_<CLASS>..., error (empty when done).
 
@@ -63,13 +74,11 @@ def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, 
         row = {"path": str(path), "prediction": "", **{f"p_{c}": "" for c in classes}, "warning": "", "error": ""}
         try:
             xray = read_xray(str(path))
-            image, row["warning"] = xray.array, xray.meta.get("warning", "")
-            probabilities = classifier.probabilities([image], [str(path)])[0]
-            row["prediction"] = classes[int(np.argmax(probabilities))]
-            row.update({f"p_{c}": f"{p:.4f}" for c, p in zip(classes, probabilities)})
-            if heatmaps:
-                heat = classifier.heatmap(image, int(np.argmax(probabilities)), str(path))
-                Image.fromarray(overlay_rgb(image, heat)).save(Path(heatmaps) / f"{path.stem}_heatmap.png")
+            row["warning"] = xray.meta.get("warning", "")
+            columns, overlay = classify_image(classifier, xray.array, str(path), heatmap=bool(heatmaps))
+            row.update(columns)
+            if overlay is not None:
+                Image.fromarray(overlay).save(Path(heatmaps) / f"{path.stem}_heatmap.png")
         except MedAIInputError as exc:
             row["error"] = str(exc)
         rows.append(row)

@@ -34,13 +34,42 @@ def read_2d(path: Path) -> np.ndarray:
     return read_xray(str(path)).array
 
 
+def label_fractions(segmenter: Segmenter, classes: np.ndarray) -> dict:
+    """{label name: share of the pixels}, 4 decimals (2D tasks)."""
+    return {name: round(float((classes == index).mean()), 4) for index, (name, _) in segmenter.task.labels.items()}
+
+
+def label_volumes_ml(segmenter: Segmenter, classes: np.ndarray, geometry) -> dict:
+    """{label name: volume in ml}, 1 decimal (3D inputs)."""
+    voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
+    return {name: round(float((classes == index).sum()) * voxel_ml, 1)
+            for index, (name, _) in segmenter.task.labels.items()}
+
+
+def write_labels(segmenter: Segmenter, classes: np.ndarray, target, geometry=None, fmt: str | None = None) -> None:
+    """Write a label result in the task's output values: ``png`` (2D), ``seg.nrrd`` (Slicer segmentation, named
+    and coloured segments) or a label volume (``.nii.gz``/``.nrrd``); ``fmt`` defaults to ``target``'s suffix
+    (given when ``target`` is a temporary name)."""
+    from PIL import Image
+
+    from ..io import Volume, write_volume
+    from .labels import write_seg_nrrd
+
+    fmt = fmt or ("png" if str(target).lower().endswith(".png") else
+                  "seg.nrrd" if str(target).lower().endswith(".seg.nrrd") else "volume")
+    if fmt == "png":
+        Image.fromarray(segmenter.to_output_values(classes)).save(target, format="PNG")
+    elif fmt == "seg.nrrd":
+        write_seg_nrrd(classes, geometry, segmenter.task.labels, segmenter.task.output_values, str(target))
+    else:
+        write_volume(Volume(segmenter.to_output_values(classes), geometry), str(target))
+
+
 def segment_files(segmenter: Segmenter, inputs, out: str, seg_nrrd: bool = False) -> list[dict]:
     """Segment every input; write ``out`` (a file for one input, else a folder of ``<name>_seg.png``).
 
     Returns one record per input: {"path", "out", "error", and per-label pixel fractions}.
     """
-    from PIL import Image
-
     if segmenter.task.slice_wise:
         return _segment_volumes(segmenter, _inputs(inputs, volumes=True), out, seg_nrrd)
     files = _inputs(inputs)
@@ -55,30 +84,36 @@ def segment_files(segmenter: Segmenter, inputs, out: str, seg_nrrd: bool = False
         except MedAIInputError as exc:
             records.append({"path": str(path), "out": None, "error": str(exc)})
             continue
-        Image.fromarray(segmenter.to_output_values(classes)).save(target)
-        fractions = {name: round(float((classes == index).mean()), 4)
-                     for index, (name, _) in segmenter.task.labels.items()}
-        records.append({"path": str(path), "out": str(target), "error": None, **fractions})
+        write_labels(segmenter, classes, target)
+        records.append({"path": str(path), "out": str(target), "error": None, **label_fractions(segmenter, classes)})
     return records
 
 
 VOLUME_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
 
 
+def study_name(path) -> str:
+    """An input's name for its outputs: a folder's name, or a file's name without its volume suffix (only that:
+    ``case.17_3mm.nrrd`` -> ``case.17_3mm``, so that inputs differing after a dot get different outputs)."""
+    from ..io.volume import VOLUME_SUFFIXES
+
+    name = Path(path).name
+    for suffix in sorted(set(VOLUME_SUFFIXES) | {".dcm", ".dicom"}, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name or "volume"
+
+
 def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str, seg_nrrd: bool = False) -> list[dict]:
     """3D inputs (DICOM folders, NIfTI, NRRD) -> label volumes on the input grid (values as in the registry):
     ``.nii.gz``/``.nrrd`` label maps, or Slicer ``.seg.nrrd`` segmentations with named, coloured segments."""
-    from ..io import Volume, write_volume
-
-    from .labels import write_seg_nrrd
-
     single = len(files) == 1 and str(out).lower().endswith(VOLUME_OUTPUTS)
     if not single:
         os.makedirs(out, exist_ok=True)
     suffix = ".seg.nrrd" if str(out).lower().endswith(".seg.nrrd") or seg_nrrd else ".nii.gz"
     records = []
     for path in files:
-        name = path.name.split(".")[0] or "volume"
+        name = study_name(path)
         target = Path(out) if single else Path(out) / f"{name}_{segmenter.task.name}{suffix}"
         try:
             volumes = read_channels(path, segmenter.task)
@@ -87,13 +122,8 @@ def _segment_volumes(segmenter: Segmenter, files: list[Path], out: str, seg_nrrd
         except MedAIInputError as exc:
             records.append({"path": str(path), "out": None, "error": str(exc)})
             continue
-        if str(target).lower().endswith(".seg.nrrd"):
-            write_seg_nrrd(classes, volume.geometry, segmenter.task.labels, segmenter.task.output_values, str(target))
-        else:
-            write_volume(Volume(segmenter.to_output_values(classes), volume.geometry), str(target))
-        voxel_ml = float(np.prod(volume.geometry.spacing_mm)) / 1000.0
-        volumes = {f"{name}_ml": round(float((classes == index).sum()) * voxel_ml, 1)
-                   for index, (name, _) in segmenter.task.labels.items()}
+        write_labels(segmenter, classes, target, volume.geometry)
+        volumes = {f"{name}_ml": ml for name, ml in label_volumes_ml(segmenter, classes, volume.geometry).items()}
         records.append({"path": str(path), "out": str(target), "error": None, **volumes})
     return records
 
