@@ -139,15 +139,34 @@ def test_inputs_whose_outputs_would_collide(data_dir, tmp_path):
 
 def test_batch_register_over_a_manifest(tmp_path):
     """Two frames of the sample CT at known poses and one missing frame: two results within 2 mm, one failure."""
+    import json
+
+    truths = {"lao.npy": (6.0, -5.0, 4.0, 2.0, -2.0, -25.0), "ap.npy": (-5.0, 6.0, -4.0, -2.0, 3.0, 4.0)}
+    ct_path, manifest, ct = render_frames(tmp_path, truths)
+    with open(manifest, "a") as f:
+        f.write(f"{ct_path},missing.npy,0,0,0,0,0,0,3.0,1020,750\n")
+    results = tmp_path / "results.csv"
+    status = main(["batch", "register", "--manifest", str(manifest), "--csv", str(results), "--out",
+                   str(tmp_path / "out"), "--quiet"])
+    assert status == 2
+    rows = {Path(row["path"]).name: row for row in rows_of(results)}
+    assert rows["missing.npy"]["status"] == "failed" and "no such file" in rows["missing.npy"]["error"]
+    for name, truth in truths.items():
+        assert rows[name]["status"] == "done", rows[name]["error"]
+        result = json.loads(Path(rows[name]["outputs"]).read_text())
+        assert registration_error_mm(ct, result["matrix"], truth) < 2.0
+
+
+def render_frames(tmp_path, truths: dict, init_offset=(12, -9, 8, 3, -3, 4)) -> tuple:
+    """DRRs of the sample CT at ``truths`` poses saved as .npy frames, and a register manifest whose initial
+    poses are off by ``init_offset``; returns (CT path, manifest path, CT volume)."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.io import read_volume
-    from medai.registration.pipeline import mtre_of
     from medai.samples import sample_path
 
     ct_path = str(sample_path("ct_abdomen"))
     ct = read_volume(ct_path)
     carm = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
-    truths = {"lao.npy": (6.0, -5.0, 4.0, 2.0, -2.0, -25.0), "ap.npy": (-5.0, 6.0, -4.0, -2.0, 3.0, 4.0)}
     prepared = prepare_ct(ct)
     with torch.inference_mode():
         for name, truth in truths.items():
@@ -155,30 +174,28 @@ def test_batch_register_over_a_manifest(tmp_path):
     manifest = tmp_path / "manifest.csv"
     lines = ["ct,frame,tx,ty,tz,rx,ry,rz,pixel_spacing,sdd,sid"]
     for name, truth in truths.items():
-        init = np.array(truth) + np.array([12, -9, 8, 3, -3, 4])
+        init = np.array(truth) + np.array(init_offset)
         lines.append(f"{ct_path},{name},{','.join(f'{v:g}' for v in init)},3.0,1020,750")
-    lines.append(f"{ct_path},missing.npy,0,0,0,0,0,0,3.0,1020,750")
     manifest.write_text("\n".join(lines) + "\n")
-    results = tmp_path / "results.csv"
-    status = main(["batch", "register", "--manifest", str(manifest), "--csv", str(results), "--out",
-                   str(tmp_path / "out"), "--quiet"])
-    assert status == 2
-    rows = {Path(row["path"]).name: row for row in rows_of(results)}
-    assert rows["missing.npy"]["status"] == "failed" and "no such file" in rows["missing.npy"]["error"]
+    return ct_path, manifest, ct
+
+
+def registration_error_mm(ct, matrix, truth) -> float:
+    from medai.drr import Pose
+    from medai.registration.pipeline import mtre_of
+
     centre = ct.geometry.centre_ras(ct.array.shape)
     body = np.argwhere(ct.array > -300)[::500]
     points = (np.c_[body[:, ::-1], np.ones(len(body))] @ ct.geometry.ijk_to_ras().T)[:, :3]
-    import json
-
-    for name, truth in truths.items():
-        assert rows[name]["status"] == "done", rows[name]["error"]
-        result = json.loads(Path(rows[name]["outputs"]).read_text())
-        assert mtre_of(np.array(result["matrix"]), Pose.from_array(truth).matrix(centre), points) < 2.0
+    return mtre_of(np.array(matrix), Pose.from_array(truth).matrix(centre), points)
 
 
 def test_console_batch_example_runs_headless(data_dir, tmp_path):
-    """docs/console_batch.py (the Slicer-console example) on slicer-core: X-rays classified, the sample CT's
-    liver segmented and written, one bad file reported while the loop goes on."""
+    """docs/console_batch.py (the Slicer-console example) on slicer-core: as a script, X-rays classified with one
+    bad file reported while the loop goes on; exec()'d as in Slicer's console (no argparse run), the sample CT's
+    liver segmented and written, and two DRR frames registered to it from a manifest with the module Logic."""
+    import json
+
     from medai.samples import sample_path
 
     xrays = tmp_path / "cxr"
@@ -189,6 +206,8 @@ def test_console_batch_example_runs_headless(data_dir, tmp_path):
     cts = tmp_path / "ct"
     cts.mkdir()
     shutil.copy(sample_path("ct_abdomen"), cts / "study1.nrrd")
+    truths = {"lao.npy": (6.0, -5.0, 4.0, 2.0, -2.0, -25.0), "ap.npy": (-5.0, 6.0, -4.0, -2.0, 3.0, 4.0)}
+    _, manifest, ct = render_frames(tmp_path, truths)
     env = {**os.environ, "PYTHONPATH": ""}
     script = str(REPO / "docs" / "console_batch.py")
     run = subprocess.run([sys.executable, script, "diagnose", str(xrays), "--task", "pneumonia", "--csv",
@@ -197,10 +216,23 @@ def test_console_batch_example_runs_headless(data_dir, tmp_path):
     rows = {Path(r["path"]).name: r for r in rows_of(tmp_path / "cxr.csv")}
     assert rows["not_an_xray.png"]["error"]
     assert sum(r["prediction"] == "PNEUMONIA" for r in rows.values()) >= 1
-    run = subprocess.run([sys.executable, script, "segment", str(cts), "--task", "ct-liver", "--out",
-                          str(tmp_path / "liver"), "--csv", str(tmp_path / "ct.csv")], capture_output=True, text=True,
-                         env=env, timeout=300)
+
+    console = (f"import sys; sys.argv = ['Slicer']\n"  # as in Slicer: the script must not parse this argv
+               f"exec(open({script!r}).read())\n"
+               f"segment_folder({str(cts)!r}, task='ct-liver', out_folder={str(tmp_path / 'liver')!r}, "
+               f"csv_path={str(tmp_path / 'ct.csv')!r})\n"
+               f"register_manifest({str(manifest)!r}, out_folder={str(tmp_path / 'reg')!r}, "
+               f"csv_path={str(tmp_path / 'reg.csv')!r})\n"
+               f"print('nodes left:', slicer.mrmlScene.GetNumberOfNodesByClass('vtkMRMLScalarVolumeNode'))\n")
+    run = subprocess.run([sys.executable, "-c", console], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=REPO / "docs")
     assert run.returncode == 0, run.stderr
+    assert "nodes left: 0" in run.stdout  # every study's nodes removed once its numbers were saved
     row = rows_of(tmp_path / "ct.csv")[0]
     assert 1400 < float(row["liver_ml"]) < 2600
     assert (tmp_path / "liver" / "study1_ct-liver.nii.gz").exists()
+    rows = {Path(r["path"]).name: r for r in rows_of(tmp_path / "reg.csv")}
+    for name, truth in truths.items():
+        assert not rows[name]["error"] and 0 <= float(rows[name]["confidence"]) <= 1
+        result = json.loads((tmp_path / "reg" / f"{Path(name).stem}_registration.json").read_text())
+        assert registration_error_mm(ct, result["matrix"], truth) < 2.0

@@ -5,11 +5,16 @@ In Slicer (Python console)::
     exec(open("/path/to/MedAIToolkit/docs/console_batch.py").read())
     rows = diagnose_folder("/data/cxr", task="pneumonia", csv_path="/data/cxr_results.csv")
     rows = segment_folder("/data/ct", task="ct-liver", out_folder="/data/liver_segmentations")
+    rows = register_manifest("/data/cases.csv", out_folder="/data/registrations", csv_path="/data/reg_results.csv")
 
 Headless, without Slicer (slicer-core and the module Logic through medai_slicer.standalone)::
 
     python docs/console_batch.py diagnose /data/cxr --task pneumonia --csv results.csv
     python docs/console_batch.py segment /data/ct --task ct-liver --out liver/ --csv results.csv
+    python docs/console_batch.py register cases.csv --out registrations/ --csv results.csv
+
+``register_manifest`` reads a CSV with columns ct, frame, tx ty tz rx ry rz (initial pose; empty: the frame's
+DICOM C-arm angles) and optional pixel_spacing, sdd, sid (the same manifest as ``medai batch register``).
 
 Each study's nodes are removed from the scene once its numbers are saved, so memory stays flat over a cohort; a
 study that fails is reported and the loop goes on. For resumable cohorts from a shell, use `medai batch`.
@@ -118,17 +123,80 @@ def segment_folder(folder, task="ct-liver", out_folder=None, csv_path=None):
     return rows
 
 
-if __name__ == "__main__":
+POSE = ("tx", "ty", "tz", "rx", "ry", "rz")
+
+
+def register_manifest(manifest_csv, out_folder=None, csv_path=None, refine=True):
+    """Register each manifest row's frame to its CT with the MedAIRegistration Logic; one row per frame (pose
+    tx..rz, confidence, similarity); with ``out_folder``, each result's RAS -> C-arm matrix is written there as
+    <frame>_registration.json. Consecutive rows with the same CT reuse its node (the CT is prepared once)."""
+    import json
+
+    logic = moduleLogic("MedAIRegistration")
+    base = os.path.dirname(os.path.abspath(manifest_csv))
+    resolve = lambda p: p if not p or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
+    with open(manifest_csv, newline="") as f:
+        cases = list(csv.DictReader(f))
+    if out_folder:
+        os.makedirs(out_folder, exist_ok=True)
+    rows, ct_path, ct_node = [], None, None
+    for case in cases:
+        path = resolve(case.get("frame", ""))
+        row, created = {"path": path, "error": ""}, []
+        try:
+            if resolve(case.get("ct", "")) != ct_path:
+                if ct_node is not None:
+                    slicer.mrmlScene.RemoveNode(ct_node)
+                ct_path, ct_node = None, None
+                ct_node = logic.loadCT(resolve(case.get("ct", "")))
+                ct_path = resolve(case.get("ct", ""))
+            number = lambda key: float(case[key]) if case.get(key) not in (None, "") else None  # noqa: E731
+            spacing = [float(v) for v in (case.get("pixel_spacing") or "").replace(",", " ").split()] or None
+            frame = logic.loadFrame(path, pixelSpacingMm=spacing, sddMm=number("sdd"), sidMm=number("sid"))
+            created.append(frame)
+            initial = [number(k) for k in POSE]
+            outcome = logic.register(ct_node, frame, None if None in initial else initial, refine=refine, show=False)
+            created += [outcome.transformNode, outcome.frameNode, outcome.drrNode, outcome.tableNode]
+            result = outcome.result
+            row.update({k: round(float(v), 3) for k, v in zip(POSE, result.pose.as_array())})
+            row.update(confidence=round(outcome.confidence, 4), similarity=round(result.similarity, 4),
+                       ct=ct_path)
+            if out_folder:
+                name = os.path.splitext(os.path.basename(path))[0]
+                with open(os.path.join(out_folder, f"{name}_registration.json"), "w") as f:
+                    json.dump({"ct": ct_path, "frame": path, **result.to_dict()}, f, indent=2)
+        except Exception as exc:  # report and go on with the next case
+            row["error"] = str(exc)
+            logging.error(f"{path}: {exc}")
+        if ct_node is not None:
+            ct_node.SetAndObserveTransformNodeID(None)  # the CT back where it was for the next frame
+        for node in created:
+            if node is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        rows.append(row)
+    if ct_node is not None:
+        slicer.mrmlScene.RemoveNode(ct_node)
+    _write_csv(rows, csv_path)
+    return rows
+
+
+# Run as a script (python docs/console_batch.py ...), not when exec()'d into Slicer's console, whose namespace is
+# also __main__ but has no __file__ of this script.
+if __name__ == "__main__" and not standalone.inside_slicer() and globals().get("__file__"):
     import argparse
 
     parser = argparse.ArgumentParser(description="MedAI module Logic over a folder of studies (headless)")
-    parser.add_argument("kind", choices=["diagnose", "segment"])
-    parser.add_argument("folder")
-    parser.add_argument("--task", required=True)
+    parser.add_argument("kind", choices=["diagnose", "segment", "register"])
+    parser.add_argument("folder", help="folder of studies (register: the manifest CSV)")
+    parser.add_argument("--task", help="diagnose / segment task")
     parser.add_argument("--csv")
-    parser.add_argument("--out", help="segment: folder for the label maps")
+    parser.add_argument("--out", help="segment: folder for the label maps; register: for the result JSON files")
     args = parser.parse_args()
-    if args.kind == "diagnose":
+    if args.kind != "register" and not args.task:
+        parser.error(f"{args.kind} needs --task")
+    if args.kind == "register":
+        results = register_manifest(args.folder, args.out, args.csv)
+    elif args.kind == "diagnose":
         results = diagnose_folder(args.folder, args.task, args.csv)
     else:
         results = segment_folder(args.folder, args.task, args.out, args.csv)
