@@ -25,9 +25,14 @@ sys.path.insert(0, str(HERE.parent / "MedAIToolkit"))
 MEDAI = [sys.executable, "-m", "medai.cli"]
 
 
+FAILED = []  # per-file commands that exited nonzero (a loop that fails fast would flatter itself)
+
+
 def _run(command) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if done.returncode != 0 and "batch" not in command:
+        FAILED.append(" ".join(map(str, command)))
     return time.perf_counter() - start
 
 
@@ -89,7 +94,10 @@ def main() -> int:
                               folder / "d.csv", "--out", folder / "heat", "--workers", str(args.workers), "--quiet"])
         loop = _loop([MEDAI + ["diagnose", "--task", "pneumonia", str(p), "--heatmaps", str(folder / "heat_loop")]
                       for p in xrays])
-        results["diagnose"] = {"items": len(xrays), "batch_per_s": len(xrays) / batch, "loop_per_s": len(xrays) / loop}
+        one_reader = _run(MEDAI + ["batch", "diagnose", inputs["xrays"], "--task", "pneumonia", "--csv",
+                                   folder / "d1.csv", "--out", folder / "heat1", "--workers", "1", "--quiet"])
+        results["diagnose"] = {"items": len(xrays), "batch_per_s": len(xrays) / batch, "loop_per_s": len(xrays) / loop,
+                               "batch_workers_1_per_s": len(xrays) / one_reader}
         batch = _run(MEDAI + ["batch", "segment", inputs["cts"], "--task", "ct-liver", "--csv", folder / "s.csv",
                               "--out", folder / "seg", "--workers", str(args.workers), "--quiet"])
         loop = _loop([MEDAI + ["segment", "--task", "ct-liver", str(p), "--out", str(folder / f"loop_{p.stem}.nii.gz")]
@@ -108,6 +116,7 @@ def main() -> int:
                 results[kind]["batch_done"] = sum(r["status"] == "done" for r in csv.DictReader(f))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    results["loop_failures"] = len(FAILED)
     print(f"medai batch vs per-file commands in a shell loop ({os.cpu_count()} CPUs, --workers {args.workers})")
     print(f"{'task':10s} {'items':>5s} {'batch':>16s} {'per-file loop':>16s} {'ratio':>7s}")
     for kind, unit in (("diagnose", "per_s"), ("segment", "per_min"), ("register", "per_min")):
@@ -116,6 +125,8 @@ def main() -> int:
         r["ratio"] = r[f"batch_{unit}"] / r[f"loop_{unit}"]
         print(f"{kind:10s} {r['items']:5d} {r[f'batch_{unit}']:8.2f} {label:>7s} {r[f'loop_{unit}']:8.2f} "
               f"{label:>7s} {r['ratio']:6.1f}x  ({r['batch_done']} done)")
+    print(f"batch diagnose with --workers 1: {results['diagnose']['batch_workers_1_per_s']:.2f} images/s; "
+          f"per-file commands that failed: {len(FAILED)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
