@@ -67,6 +67,7 @@ def test_register_round_trip_writes_the_documented_result(case, capsys):
     assert mtre_of(initial, truth, points) > 10
     assert mtre_of(np.array(result["matrix"]), truth, points) < 2.0
     assert 0.0 <= result["confidence"] <= 1.0
+    assert 0.0 < result["uncertainty_mm"] < 2.0  # the refinement's predicted RMS error over the body
     assert (digest(case["ct"]), digest(case["frame"])) == before  # inputs untouched
 
 

