@@ -93,6 +93,7 @@ def test_register_makes_new_nodes_and_moves_only_the_ct_transform(case, agent_pa
     np.testing.assert_allclose(stored, result.matrix, atol=1e-6)
     assert float(out.transformNode.GetAttribute("MedAI.confidence")) == pytest.approx(result.confidence, abs=1e-5)
     assert out.lowConfidence == (out.confidence < 0.5)
+    assert out.transformNode.GetAttribute("MedAI.uncertainty_mm") is None  # not refined: no curvature to read
     np.testing.assert_allclose(result.init_pose.as_array(), initial, atol=1e-9)
     # trajectory table: one row per trajectory entry
     table = out.tableNode.GetTable()
@@ -147,6 +148,8 @@ def test_refinement_lowers_the_error_to_the_truth(case, agent_path):
     print(f"mTRE {before:.2f} -> {after:.2f} mm, confidence {out.confidence:.2f}")
     assert after < 0.5 * before
     assert after < 2.0
+    assert 0 < float(out.transformNode.GetAttribute("MedAI.uncertainty_mm")) < 2.0
+    assert "uncertainty" in out.summary
 
 
 def test_missing_agent_file_is_a_clear_error_and_adds_no_node(case, tmp_path):

@@ -293,7 +293,9 @@ class RegistrationOutcome:
         r = self.result
         text = (f"{r.steps} agent steps ({r.stop_reason}){', refined' if r.refined else ''} in {r.seconds:.1f} s; "
                 f"similarity {r.similarity:.3f}; confidence {self.confidence:.0%} (estimated probability of an "
-                f"error within 2 mm)")
+                f"error within 2 mm)"
+                + (f"; uncertainty {r.uncertainty_mm:.1f} mm (RMS over the body, from the image match's curvature)"
+                   if r.uncertainty_mm is not None else ""))
         return ("LOW CONFIDENCE: " + text) if self.lowConfidence else text
 
 

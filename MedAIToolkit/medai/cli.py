@@ -144,7 +144,8 @@ def _cmd_register(args) -> int:
     warning = "  LOW CONFIDENCE: check the fusion before relying on it" if result.confidence < 0.5 else ""
     print(f"medai register: pose {' '.join(f'{v:.2f}' for v in result.pose.as_array())} after {result.steps} agent "
           f"steps in {result.seconds:.2f} s, similarity {result.similarity:.4f}, confidence {result.confidence:.2f}"
-          f" -> {args.out}{warning}")
+          + (f", uncertainty {result.uncertainty_mm:.2f} mm" if result.uncertainty_mm is not None else "")
+          + f" -> {args.out}{warning}")
     return 0
 
 

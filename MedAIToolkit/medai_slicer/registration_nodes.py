@@ -157,6 +157,8 @@ def add_registration_transform(scene, init_matrix: np.ndarray, result, name: str
     node.SetAttribute("MedAI.ras_to_carm", format_numbers(result.matrix))
     node.SetAttribute("MedAI.init_ras_to_carm", format_numbers(init_matrix))
     node.SetAttribute("MedAI.confidence", f"{result.confidence:.6g}")
+    if result.uncertainty_mm is not None:
+        node.SetAttribute("MedAI.uncertainty_mm", f"{result.uncertainty_mm:.6g}")
     node.SetAttribute("MedAI.pose", format_numbers(result.pose.as_array()))
     node.SetAttribute("MedAI.registration", json.dumps(summary))
     return node
