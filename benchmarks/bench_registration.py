@@ -232,21 +232,17 @@ def main(argv=None) -> int:
     parser.add_argument("--agent", help="agent file (default: the shipped agent)")
     parser.add_argument("--unseen-agent", help="also evaluate the IRCAD cases with this agent, trained without IRCAD")
     parser.add_argument("--json", help="write all numbers here")
+    parser.add_argument("--write-card", action="store_true", help="store the results in the agent card's held_out")
     args = parser.parse_args(argv)
     all_results = {}
     if args.calibrate:
-        from medai.models import models_dir
-
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
         if args.ircad_cases:  # the other CT gives the failures a chest-only calibration set lacks
             rows += run_method("agent", "ircad-1.17", make_cases("ircad-1.17", args.calibration_cases // 2,
                                                                  CALIBRATION_SEED + 1), args.agent)["rows"]
         model = fit_confidence(rows)
-        card_path = models_dir() / "registration-agent.json" if not args.agent else os.path.splitext(args.agent)[0] + ".json"
-        card = json.loads(open(card_path).read())
-        card["confidence"] = model
-        open(card_path, "w").write(json.dumps(card, indent=2) + "\n")
-        print(f"confidence model written to {card_path}: {model}")
+        _update_card(args.agent, confidence=model)
+        print(f"confidence model written to {_card_path(args.agent)}: {model}")
     t0 = time.time()
     cases = make_cases("chest", args.cases, TEST_SEED)
     print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
@@ -285,14 +281,31 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_results, f, indent=2)
+    if args.write_card:
+        old = json.loads(open(_card_path(args.agent)).read()).get("held_out", {})
+        _update_card(args.agent, held_out={
+            "benchmark": "python benchmarks/bench_registration.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "cases": f"frames at poses/geometries never trained on (seed {TEST_SEED}), full-resolution DRRs degraded "
+                     "like fluoroscopy", "results": all_results, "limitations": old.get("limitations", [])})
     return 0
 
 
-def _trained_on_ircad(agent_path) -> bool:
+def _card_path(agent_path) -> str:
     from medai.models import models_dir
 
-    card_path = os.path.splitext(agent_path)[0] + ".json" if agent_path else models_dir() / "registration-agent.json"
-    card = json.loads(open(card_path).read())
+    return os.path.splitext(agent_path)[0] + ".json" if agent_path else str(models_dir() / "registration-agent.json")
+
+
+def _update_card(agent_path, **entries) -> None:
+    """Write ``entries`` into the agent's card; the weights' checksum is untouched (the card is not hashed)."""
+    path = _card_path(agent_path)
+    card = json.loads(open(path).read())
+    card.update(entries)
+    open(path, "w").write(json.dumps(card, indent=2) + "\n")
+
+
+def _trained_on_ircad(agent_path) -> bool:
+    card = json.loads(open(_card_path(agent_path)).read())
     return any("3Dircadb1.17" in name for name in card.get("data", {}).get("train_cts", []))
 
 

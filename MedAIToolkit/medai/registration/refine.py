@@ -101,7 +101,7 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     similarity = float("nan")
     jac = r = residual = None
     for index, level in enumerate(levels):
-        residual = _Residual(level, centre_ras)
+        residual, jac = _Residual(level, centre_ras), None  # the covariance comes from the last level alone
         r = residual(pose)
         cost = float(r @ r)
         damping = 1e-3
