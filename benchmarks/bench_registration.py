@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                                                                  CALIBRATION_SEED + 1), args.agent)["rows"]
         model = fit_confidence(rows)
         _update_card(args.agent, confidence=model)
-        print(f"confidence model written to {_card_path(args.agent)}: {model}")
+        print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
     t0 = time.time()
     cases = make_cases("chest", args.cases, TEST_SEED)
     print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
