@@ -51,7 +51,8 @@ class RegistrationResult:
 
     @property
     def uncertainty_mm(self) -> float | None:
-        """RMS error over the body that the refinement's curvature predicts (None without refinement)."""
+        """RMS error (mm) over the body that the refinement's cluster-robust pose covariance predicts (None when
+        not refined: the confidence of an unrefined result is then near 0)."""
         log_mm = self.features.get("log_uncertainty_mm")
         return round(float(np.exp(log_mm)), 3) if log_mm is not None and log_mm < np.log(1e3) else None
 
