@@ -88,10 +88,10 @@ def _work(method, ct_name, cases, agent_path, queue):
     import torch
 
     torch.set_num_threads(2)
-    sys.path.insert(0, HERE)
     from medai.drr import CArmGeometry, Pose
     from medai.errors import MedAIInputError
     from medai.registration import Agent, Registrar, RigidPose, frame_from_array, mtre_of
+    from medai.registration.pipeline import UNKNOWN_UNCERTAINTY_MM
     from registration_baselines import gradient, levels_for, powell
 
     volume = _load(ct_name)
@@ -112,7 +112,7 @@ def _work(method, ct_name, cases, agent_path, queue):
                 print(f"case failed: {exc}", file=sys.stderr)
                 rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,
                              "steps": 0, "confidence": 0.0, "similarity": 0.0, "agent_similarity": 0.0,
-                             "refine_shift_mm": 0.0, "log_uncertainty_mm": float(np.log(1e3))})
+                             "refine_shift_mm": 0.0, "log_uncertainty_mm": float(np.log(UNKNOWN_UNCERTAINTY_MM))})
                 continue
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),

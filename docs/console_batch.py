@@ -123,51 +123,45 @@ def segment_folder(folder, task="ct-liver", out_folder=None, csv_path=None):
     return rows
 
 
-POSE = ("tx", "ty", "tz", "rx", "ry", "rz")
-
-
 def register_manifest(manifest_csv, out_folder=None, csv_path=None, refine=True):
     """Register each manifest row's frame to its CT with the MedAIRegistration Logic; one row per frame (pose
     tx..rz, confidence, similarity); with ``out_folder``, each result's RAS -> C-arm matrix is written there as
-    <frame>_registration.json. Consecutive rows with the same CT reuse its node (the CT is prepared once)."""
+    <frame>_registration.json. Consecutive rows with the same CT reuse its node (the CT is prepared once). The
+    manifest is read as ``medai batch register`` reads it (relative paths from the manifest's folder)."""
     import json
 
+    from medai.batch import POSE_COLUMNS, items_from, register_row
+
     logic = moduleLogic("MedAIRegistration")
-    base = os.path.dirname(os.path.abspath(manifest_csv))
-    resolve = lambda p: p if not p or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
-    with open(manifest_csv, newline="") as f:
-        cases = list(csv.DictReader(f))
     if out_folder:
         os.makedirs(out_folder, exist_ok=True)
     rows, ct_path, ct_node = [], None, None
-    for case in cases:
-        path = resolve(case.get("frame", ""))
-        row, created = {"path": path, "error": ""}, []
+    for item in items_from(manifest=manifest_csv, kind="register"):
+        row, created = {"path": item.path, "error": ""}, []
         try:
-            if resolve(case.get("ct", "")) != ct_path:
+            if item.fields["ct"] != ct_path:
                 if ct_node is not None:
                     slicer.mrmlScene.RemoveNode(ct_node)
                 ct_path, ct_node = None, None
-                ct_node = logic.loadCT(resolve(case.get("ct", "")))
-                ct_path = resolve(case.get("ct", ""))
-            number = lambda key: float(case[key]) if case.get(key) not in (None, "") else None  # noqa: E731
-            spacing = [float(v) for v in (case.get("pixel_spacing") or "").replace(",", " ").split()] or None
-            frame = logic.loadFrame(path, pixelSpacingMm=spacing, sddMm=number("sdd"), sidMm=number("sid"))
+                ct_node = logic.loadCT(item.fields["ct"])
+                ct_path = item.fields["ct"]
+            case = register_row(item)
+            frame = logic.loadFrame(item.path, pixelSpacingMm=case["pixel_spacing"], sddMm=case["sdd_mm"],
+                                    sidMm=case["sid_mm"], invert=case["invert"])
             created.append(frame)
-            initial = [number(k) for k in POSE]
-            outcome = logic.register(ct_node, frame, None if None in initial else initial, refine=refine, show=False)
+            outcome = logic.register(ct_node, frame, case["init"], refine=refine, show=False)
             created += [outcome.transformNode, outcome.frameNode, outcome.drrNode, outcome.tableNode]
             result = outcome.result
-            row.update({k: round(float(v), 3) for k, v in zip(POSE, result.pose.as_array())})
+            row.update({k: round(float(v), 3) for k, v in zip(POSE_COLUMNS, result.pose.as_array())})
             row.update(confidence=round(outcome.confidence, 4), similarity=round(result.similarity, 4),
                        ct=ct_path)
             if out_folder:
-                name = os.path.splitext(os.path.basename(path))[0]
+                name = os.path.splitext(os.path.basename(item.path))[0]
                 with open(os.path.join(out_folder, f"{name}_registration.json"), "w") as f:
-                    json.dump({"ct": ct_path, "frame": path, **result.to_dict()}, f, indent=2)
+                    json.dump({"ct": ct_path, "frame": item.path, **result.to_dict()}, f, indent=2)
         except Exception as exc:  # report and go on with the next case
             row["error"] = str(exc)
-            logging.error(f"{path}: {exc}")
+            logging.error(f"{item.path}: {exc}")
         if ct_node is not None:
             ct_node.SetAndObserveTransformNodeID(None)  # the CT back where it was for the next frame
         for node in created:

@@ -28,6 +28,8 @@ DEFAULT_CONFIDENCE = {"features": ["log_uncertainty_mm"], "coef": [-3.0], "inter
                       "calibrated_on": "default (uncalibrated) coefficients"}
 """An agent card without a calibrated model: 50% at 0.7 mm predicted uncertainty (bench_registration --calibrate
 fits the card's own)."""
+UNKNOWN_UNCERTAINTY_MM = 1e3
+"""The ``log_uncertainty_mm`` feature's cap, and its value when there is no estimate (not refined)."""
 
 
 @dataclass
@@ -54,7 +56,8 @@ class RegistrationResult:
         """RMS error (mm) over the body that the refinement's cluster-robust pose covariance predicts (None when
         not refined: the confidence of an unrefined result is then near 0)."""
         log_mm = self.features.get("log_uncertainty_mm")
-        return round(float(np.exp(log_mm)), 3) if log_mm is not None and log_mm < np.log(1e3) else None
+        known = log_mm is not None and log_mm < np.log(UNKNOWN_UNCERTAINTY_MM)
+        return round(float(np.exp(log_mm)), 3) if known else None
 
     def to_dict(self) -> dict:
         return {"pose": self.pose.as_array().round(4).tolist(), "matrix": np.round(self.matrix, 6).tolist(),
@@ -115,7 +118,7 @@ class Registrar:
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
-        pose, similarity, refine_log, uncertainty = agent_pose, agent_similarity, [], float("inf")
+        pose, similarity, refine_log, uncertainty = agent_pose, agent_similarity, [], UNKNOWN_UNCERTAINTY_MM
         if refine_result and not trajectory.stop_reason == "cancelled":
             levels = []
             for level in REFINE_LEVELS:
@@ -128,7 +131,8 @@ class Registrar:
         end = time.perf_counter()
         shift = pose_distance(pose.error_to(agent_pose))
         features = {"similarity": float(similarity), "agent_similarity": float(agent_similarity),
-                    "refine_shift_mm": float(shift), "log_uncertainty_mm": float(np.log(min(uncertainty, 1e3)))}
+                    "refine_shift_mm": float(shift),
+                    "log_uncertainty_mm": float(np.log(min(uncertainty, UNKNOWN_UNCERTAINTY_MM)))}
         confidence = confidence_from(features, self.agent.card.get("confidence"))
         return RegistrationResult(
             pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),
