@@ -43,7 +43,7 @@ from medai.diagnosis.data import (  # noqa: E402
 )
 from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits, split_logits  # noqa: E402
 from medai.diagnosis.inference import Classifier  # noqa: E402
-from medai.diagnosis.metrics import classification_report, fit_temperature, softmax  # noqa: E402
+from medai.diagnosis.metrics import classification_report, fit_calibration, softmax  # noqa: E402
 from medai.diagnosis.networks import (  # noqa: E402
     CompactCXRNet, build_classifier, contrast_maps, energy_outside, heat_mass_inside_maps,
 )
@@ -52,7 +52,8 @@ from medai.diagnosis.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
             "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2,
-            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5, "device": "auto"}
+            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5, "device": "auto",
+            "intensity": "percentile", "augmentation": "standard", "image_size": None, "bn_update_images": None}
 
 
 HEATMAP_METHOD = ("MONAI GradCAM on the last convolutional stage for the score 'logit of the class minus the mean of "
@@ -66,23 +67,46 @@ SELECTION_RULE = ("among the runs in 'comparison' and this one: the lowest valid
 class Augmentation:
     """MONAI array transforms on (1, S, S) inputs: small rotations/zoom/shift (no left-right flips: the heart
     is on the left), contrast/gamma, intensity scale/shift, noise, blur. A lung region given with the image
-    gets the same spatial transform (and no intensity change)."""
+    gets the same spatial transform (and no intensity change).
 
-    def __init__(self, size: int, seed: int):
+    ``strength="strong"`` (for sources the model never saw): wider rotation/zoom/shift and shear, aspect-ratio
+    changes (public copies squash originals of any aspect to a square), wider gamma, histogram shifts, a smooth
+    bias field (uneven exposure), sharpening as well as blur, more noise, and a random dark band cut out
+    (burned-in text, collimator edges)."""
+
+    def __init__(self, size: int, seed: int, strength: str = "standard"):
         from monai.transforms import (
-            Compose, RandAdjustContrast, RandAffine, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
-            RandShiftIntensity,
+            Compose, RandAdjustContrast, RandAffine, RandBiasField, RandCoarseDropout, RandGaussianNoise,
+            RandGaussianSharpen, RandGaussianSmooth, RandHistogramShift, RandScaleIntensity, RandShiftIntensity,
         )
 
-        self.spatial = RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
-                                  translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros")
-        self.intensity = Compose([
-            RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
-            RandScaleIntensity(factors=0.15, prob=0.5),
-            RandShiftIntensity(offsets=0.08, prob=0.5),
-            RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
-            RandGaussianNoise(prob=0.3, std=0.02),
-        ])
+        if strength not in ("standard", "strong"):
+            raise ValueError(f"unknown augmentation strength '{strength}' (standard, strong)")
+        if strength == "standard":
+            self.spatial = RandAffine(prob=0.9, rotate_range=(np.pi / 18,), scale_range=(0.12, 0.12),
+                                      translate_range=(0.07 * size, 0.07 * size), padding_mode="zeros")
+            self.intensity = Compose([
+                RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+                RandScaleIntensity(factors=0.15, prob=0.5),
+                RandShiftIntensity(offsets=0.08, prob=0.5),
+                RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
+                RandGaussianNoise(prob=0.3, std=0.02),
+            ])
+        else:
+            self.spatial = RandAffine(prob=0.95, rotate_range=(np.pi / 12,), shear_range=(0.08, 0.08),
+                                      scale_range=(0.2, 0.12), translate_range=(0.1 * size, 0.1 * size),
+                                      padding_mode="zeros")
+            self.intensity = Compose([
+                RandAdjustContrast(prob=0.6, gamma=(0.6, 1.7)),
+                RandHistogramShift(num_control_points=(5, 12), prob=0.3),
+                RandBiasField(coeff_range=(0.0, 0.25), prob=0.3),
+                RandScaleIntensity(factors=0.2, prob=0.5),
+                RandShiftIntensity(offsets=0.1, prob=0.5),
+                RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+                RandGaussianSharpen(prob=0.15),
+                RandGaussianNoise(prob=0.4, std=0.03),
+                RandCoarseDropout(holes=1, spatial_size=(size // 16, size // 4), fill_value=0.0, prob=0.2),
+            ])
         # seeded AFTER building: a new Compose re-draws its transforms' random states from fresh entropy
         self.reseed(seed)
 
@@ -98,8 +122,9 @@ class Augmentation:
         return augmented if region is None else (augmented, moved[1:].float())
 
 
-def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """As many indices as samples, every class drawn equally often; with ``groups`` (e.g. age group) every
+def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None = None,
+                     count: int | None = None) -> torch.Tensor:
+    """``count`` (default: as many as samples) indices, every class drawn equally often; with ``groups`` (e.g. age group) every
     group within a class too, so that a class seen mostly in children is also learnt from its adults."""
     counts = torch.bincount(labels).float()
     weights = 1.0 / counts[labels]
@@ -110,7 +135,7 @@ def balanced_indices(labels: torch.Tensor, generator: torch.Generator, groups: t
         for s in torch.unique(strata):
             per_class[s // (int(groups.max()) + 1)] += 1
         weights = 1.0 / (stratum_counts[strata] * per_class[labels])
-    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return torch.multinomial(weights, count or len(labels), replacement=True, generator=generator)
 
 
 def load_init(model: torch.nn.Module, path: str) -> list[str]:
@@ -135,6 +160,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     if cfg.get("network"):
         spec = {"name": cfg["network"]} if cfg["network"] != spec.get("name") else spec
     spec["dropout"] = cfg["dropout"]
+    size = int(cfg.get("image_size") or task.image_size)
+    intensity = cfg["intensity"]
     ctx = distributed.setup(cfg.get("device"))
     device, rank, world = ctx.device, ctx.rank, ctx.world
     local_batch = distributed.local_batch_size(int(cfg["batch_size"]), ctx)
@@ -146,18 +173,18 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     train_recs, val_recs = records(task, "train"), records(task, "val")
     if cfg.get("limit_images"):  # smoke tests: the first N images of each split
         train_recs, val_recs = train_recs[: cfg["limit_images"]], val_recs[: cfg["limit_images"]]
-    x_train = load_images(train_recs, task.image_size, progress and rank == 0)
+    x_train = load_images(train_recs, size, progress and rank == 0, intensity)
     y_train = labels_tensor(train_recs, task)
-    x_val, y_val = load_images(val_recs, task.image_size, progress and rank == 0), labels_tensor(val_recs, task)
+    x_val, y_val = load_images(val_recs, size, progress and rank == 0, intensity), labels_tensor(val_recs, task)
     attention = float(cfg.get("lung_attention") or 0.0)
     regions = image_weights = val_boxed = None
     if attention > 0:  # keep each class's activation map inside the lungs (boxes where drawn, else the prior)
         prior_recs = records(get_task("covid"), "train")
-        regions, has_boxes = lung_regions(train_recs, task.image_size, prior_recs)
+        regions, has_boxes = lung_regions(train_recs, size, prior_recs)
         image_weights = torch.where(has_boxes, 1.0, float(cfg["lung_prior_weight"]))
     if rank == 0:  # validation patients' lung boxes (ieee8023, in the covid task) to follow the heat maps
         val_boxed = [r for r in records(get_task("covid"), "val") if r.lung_boxes]
-        val_boxed = (load_images(val_boxed, task.image_size, False), lung_box_masks(val_boxed, task.image_size))
+        val_boxed = (load_images(val_boxed, size, False, intensity), lung_box_masks(val_boxed, size))
     age_groups = None
     if cfg.get("balance") == "class_and_age":
         age_groups = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.long)
@@ -178,6 +205,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
                                                     pct_start=0.15)
     start, best, stale, epoch_losses = 0, {"val_loss": float("inf")}, 0, []
+    started = time.time()
     if resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -185,7 +213,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-    augment = Augmentation(task.image_size, cfg["seed"])
+    augment = Augmentation(size, cfg["seed"], cfg["augmentation"])
     log_path = out / "metrics.csv"
     fields = ["epoch", "train_loss", "train_energy_outside_lungs", "val_loss", "val_accuracy", "val_auc_macro",
               "val_heatmap_mass_in_lungs", "lr", "seconds"]
@@ -198,7 +226,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         t0 = time.time()
         net.train()
         generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
-        order = balanced_indices(y_train, generator, age_groups)[: steps_per_epoch * cfg["batch_size"]]
+        draws = steps_per_epoch * cfg["batch_size"]
+        order = balanced_indices(y_train, generator, age_groups, max(draws, len(y_train)))[:draws]
         positions = distributed.shard(cfg["batch_size"], ctx)  # this rank's places in every global batch
         losses, outside_losses = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
@@ -234,7 +263,12 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         epoch_losses.append(train_loss)
         stop = False
         if rank == 0:
-            update_bn([x_train[i:i + 64] for i in range(0, len(x_train), 64)], ema, device=device)
+            if cfg["bn_update_images"]:  # a fixed random subset (the records are ordered by source)
+                keep = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg["seed"]))
+                bn_images = x_train[keep[: int(cfg["bn_update_images"])]]
+            else:
+                bn_images = x_train
+            update_bn([bn_images[i:i + 64] for i in range(0, len(bn_images), 64)], ema, device=device)
             ema.eval()
             with torch.no_grad():
                 val_logits = torch.cat([ema(x_val[i:i + 256].to(device)).cpu() for i in range(0, len(x_val), 256)])
@@ -256,7 +290,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": report["accuracy"],
                         "val_auc_macro": report["auc_macro"], "val_heatmap_mass_in_lungs": val_in_lungs}
                 stale = 0
-                torch.save({"ema": ema.module.state_dict(), "network": spec, "task": task.name, "best": best}, out / "best.pt")
+                torch.save({"ema": ema.module.state_dict(), "network": spec, "task": task.name, "best": best,
+                            "image_size": size, "intensity": intensity}, out / "best.pt")
             else:
                 stale += 1
             torch.save({"model": model.state_dict(), "ema_full": ema.state_dict(), "optimiser": optimiser.state_dict(),
@@ -276,8 +311,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     best["init"] = init
     best["init_skipped_keys"] = skipped
     if rank == 0:
-        (out / "train_summary.json").write_text(json.dumps({"task": task.name, "best": best, "network": spec, "config": cfg},
-                                                           indent=2))
+        (out / "train_summary.json").write_text(json.dumps({"task": task.name, "best": best, "network": spec, "config": cfg,
+                                                            "seconds": time.time() - started}, indent=2))
     return best
 
 
@@ -317,23 +352,39 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     out = Path(out)
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
     spec = ckpt["network"]
-    card = {"network": spec, "image_size": task.image_size, "classes": list(task.classes)}
+    card = {"network": spec, "image_size": ckpt.get("image_size", task.image_size), "classes": list(task.classes),
+            "intensity": ckpt.get("intensity", "percentile")}
     classifier = Classifier(task, state_dict=ckpt["ema"], card=card)
-    _, val_logits, val_truth = split_logits(classifier, "val", progress)
-    temperature = fit_temperature(val_logits, val_truth)
+    # test-time augmentation only where it pays on validation (lower NLL after temperature scaling)
+    choice = {}
+    for tta in (False, True):
+        classifier.tta = tta
+        _, logits_v, val_truth = split_logits(classifier, "val", progress)
+        t, bias = fit_calibration(logits_v, val_truth)
+        z = torch.as_tensor(logits_v, dtype=torch.float64) / t + torch.tensor(bias, dtype=torch.float64)
+        choice[tta] = (float(F.cross_entropy(z, torch.as_tensor(val_truth))), (t, bias), logits_v)
+    classifier.tta = choice[True][0] < choice[False][0]
+    _, (temperature, bias), val_logits = choice[classifier.tta]
     recs, logits, truth = split_logits(classifier, "test", progress)
-    report = report_from_logits(recs, logits, truth, task.classes, temperature)
-    report["validation"] = classification_report(softmax(val_logits, temperature), val_truth, task.classes)
+    report = report_from_logits(recs, logits, truth, task.classes, temperature, bias)
+    report["validation"] = classification_report(softmax(val_logits, temperature, bias), val_truth, task.classes)
+    ext_recs, ext_logits, ext_truth = split_logits(classifier, "external", progress)
+    report["external"] = report_from_logits(ext_recs, ext_logits, ext_truth, task.classes, temperature, bias)
     report["best_epoch"] = ckpt["best"]["epoch"]
+    report["tta"] = classifier.tta
+    report["tta_validation_nll"] = {"without": choice[False][0], "with": choice[True][0]}
     report["network"] = spec
     report["parameters"] = sum(p.numel() for p in classifier.model.parameters())
-    classifier.temperature = temperature
+    classifier.temperature, classifier.logit_bias = temperature, np.asarray(bias)
     if heatmaps:
         report["heatmap"] = heatmap_lung_fraction(classifier, "test")
         report["validation_heatmap"] = heatmap_lung_fraction(classifier, "val")
+        report["external"]["heatmap"] = heatmap_lung_fraction(classifier, "external")
     eval_dir = out / "eval"
-    save_evaluation_plots(softmax(logits, temperature), truth, task.classes, eval_dir, f"{task.name} (held-out test)",
+    save_evaluation_plots(softmax(logits, temperature, bias), truth, task.classes, eval_dir, f"{task.name} (held-out test)",
                           uncalibrated=softmax(logits))
+    save_evaluation_plots(softmax(ext_logits, temperature, bias), ext_truth, task.classes, eval_dir / "external",
+                          f"{task.name} (external: unseen sub-sources)", uncalibrated=softmax(ext_logits))
     (eval_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -359,21 +410,41 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
                 "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
                 "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
                 "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
+                "external_accuracy": other.get("external", {}).get("accuracy"),
+                "external_auc_macro": other.get("external", {}).get("auc_macro"),
+                "external_min_sensitivity": min((m["sensitivity"] for m in other.get("external", {})
+                                                 .get("per_class", {}).values()), default=None),
+                "image_size": trained["config"].get("image_size") or task.image_size,
+                "intensity": trained["config"].get("intensity", "percentile"),
+                "epochs_run": len(trained["best"].get("train_losses", [])),
+                "train_seconds": trained.get("seconds"),
                 "parameters": other["parameters"]}
     card = {
         "task": task.name,
         "classes": list(task.classes),
         "description": task.description,
-        "image_size": task.image_size,
+        "image_size": ckpt.get("image_size", task.image_size),
+        "intensity": ckpt.get("intensity", "percentile"),
         "network": ckpt["network"],
         "temperature": report["temperature"],
+        "logit_bias": report["logit_bias"],
+        "calibration": "bias-corrected temperature scaling: softmax(logits / temperature + logit_bias), both fitted "
+                       "on the validation patients (the bias undoes the class prior of class-balanced sampling)",
+        "tta": report["tta"],
+        "tta_validation_nll": report["tta_validation_nll"],
         "data": "../shared/data/chest_xray (labels.csv): " + ", ".join(sorted({r.source for r in records(task)})),
-        "split": {"rule": "by patient group (source + patient_id; COVID-19 Radiography has no ids: by image), "
-                          "sha256 hash of the group, 65% train / 15% val / 20% test; same groups in every task",
+        "split": {"rule": "external = whole unseen sub-sources (COVID-19 Radiography COVID file numbers >= 2201 and "
+                          "Normal >= 5901; Kermany person numbers >= 1465, IM- >= 643, NORMAL2-IM- >= 1190; 30% of "
+                          "ieee8023 patients by hash); the rest by patient group (source + patient_id; COVID-19 "
+                          "Radiography has no ids: by image), sha256 hash of the group, 70% train / 15% val / 15% "
+                          "test (the random split); same groups in every task (medai.diagnosis.data)",
                   "counts": describe_split(task)},
         "held_out_test": {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
                                                   "ece_uncalibrated", "per_class", "confusion_matrix", "subgroups",
                                                   "heatmap")},
+        "external_test": {k: report["external"][k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
+                                                             "ece_uncalibrated", "per_class", "confusion_matrix",
+                                                             "subgroups", "heatmap")},
         "validation": {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
                        "loss": trained_best["val_loss"], "heatmap": report["validation_heatmap"]},
         "heatmap_method": HEATMAP_METHOD,
@@ -382,16 +453,66 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "training": summary["config"],
         "init": summary["best"].get("init"),
         "comparison": comparison,
-        "figures": f"docs/models/{task.name}/ (roc.png, confusion_matrix.png, reliability.png)",
+        "figures": f"docs/models/{task.name}/ (roc.png, confusion_matrix.png, reliability.png; external/ the same "
+                   "for the external split)",
         "command": command,
         "limitations": _limitations(task),
     }
     save_model(task.name, ckpt["ema"], card)
+    write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
     figures = REPO / "docs" / "models" / task.name  # the shipped model's held-out plots, where people look
     figures.mkdir(parents=True, exist_ok=True)
-    for png in (Path(out) / "eval").glob("*.png"):
-        shutil.copy(png, figures / png.name)
+    for png in (Path(out) / "eval").rglob("*.png"):  # random split, and external/ for the unseen sub-sources
+        target = figures / png.relative_to(Path(out) / "eval")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, target)
     return card
+
+
+def write_model_doc(card: dict, path: Path) -> None:
+    """docs/models/<task>/README.md: the card in tables (comparison, random vs external split, calibration,
+    subgroups, heat maps), next to the plots."""
+    def num(v, digits=3):
+        return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+    test, ext = card["held_out_test"], card["external_test"]
+    lines = [f"# Model card: `{card['task']}` ({', '.join(card['classes'])})", "", card["description"] + ".", "",
+             f"- Network: `{card['network']['name']}`, {card['image_size']} px, intensity `{card['intensity']}`, "
+             f"test-time augmentation {'on' if card.get('tta') else 'off'}, temperature {card['temperature']:.3f} "
+             "(fitted on validation)",
+             f"- Data: {card['data']}", f"- Split: {card['split']['rule']}", f"- Selection: {card['selection']}",
+             f"- Reproduce: `{card['command']}`", "", "## Random split vs external split (unseen sub-sources)", "",
+             "| | images | accuracy | balanced accuracy | macro AUC | ECE (calibrated) | ECE (raw) | "
+             + " | ".join(f"sensitivity {c}" for c in card["classes"]) + " |",
+             "|---" * (7 + len(card["classes"])) + "|"]
+    for title, r in (("random test split", test), ("external split", ext)):
+        lines.append(f"| {title} | {r['n']} | {num(r['accuracy'])} | {num(r['balanced_accuracy'])} | "
+                     f"{num(r['auc_macro'])} | {num(r['ece'])} | {num(r['ece_uncalibrated'])} | "
+                     + " | ".join(num(r["per_class"][c]["sensitivity"]) for c in card["classes"]) + " |")
+    lines += ["", "Sensitivity by age group / source:", "", "| subgroup | random: n | random | external: n | external |",
+              "|---|---|---|---|---|"]
+    for key in sorted(set(test["subgroups"]) | set(ext["subgroups"])):
+        a, b = test["subgroups"].get(key, {}), ext["subgroups"].get(key, {})
+        lines.append(f"| {key} | {a.get('n', 0)} | {num(a.get('sensitivity'))} | {b.get('n', 0)} | "
+                     f"{num(b.get('sensitivity'))} |")
+    heat = [(k, r.get("heatmap")) for k, r in (("random test", test), ("external", ext))]
+    lines += ["", "## Heat maps", "", card["heatmap_method"] + ".", ""]
+    lines += [f"- {k}: mean mass in the lung boxes {num(h['mean_fraction_in_lungs'])} on {h['images']} ieee8023 X-rays "
+              f"(the boxes cover {h['mean_lung_box_area_fraction']:.0%} of the image)" for k, h in heat if h]
+    if card.get("comparison"):
+        lines += ["", "## Architecture / pre-training comparison (chosen on validation only)", "",
+                  "| run | network | px | init | epochs | val loss | val acc | test acc | test AUC | external acc | "
+                  "external AUC | external min sensitivity | parameters |", "|---" * 13 + "|"]
+        for run, c in card["comparison"].items():
+            lines.append(f"| {run} | {c['network']} | {c.get('image_size', '-')} | {c['init'] or 'scratch'} | "
+                         f"{c.get('epochs_run', '-')} | {num(c['val_loss'])} | {num(c['val_accuracy'])} | "
+                         f"{num(c['test_accuracy'])} | {num(c['test_auc_macro'])} | {num(c.get('external_accuracy'))} | "
+                         f"{num(c.get('external_auc_macro'))} | {num(c.get('external_min_sensitivity'))} | "
+                         f"{c['parameters']:,} |")
+    lines += ["", "## Figures", "", "Random split: `roc.png`, `confusion_matrix.png`, `reliability.png`; external split: "
+              "the same under `external/`.", "", "## Limitations", "", card["limitations"], ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
 
 
 def reproduce_command(task_name: str, out: str, export: bool = True) -> str:

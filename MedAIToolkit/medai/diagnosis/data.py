@@ -1,14 +1,21 @@
 """Chest X-ray records of the diagnosis tasks, read from ``../shared/data/chest_xray/labels.csv``.
 
-Splits are by patient: every image of a group (``source`` + ``patient_id``) lands in one split, chosen by a
-hash of the group key, so a patient is in the same split for every task (one task's model can initialise the
-other's without seeing its test patients). The COVID-19 Radiography set has no patient ids: its images are
-split one by one (stated in the model cards).
+Two held-out sets, both by patient (every image of a group ``source`` + ``patient_id`` lands in one split, so a
+patient is in the same split for every task and one task's model can initialise the other's):
+
+- ``external``: whole sub-sources the models never train on, built as an independent test on unseen sources is
+  built (:func:`is_external`): the last block of COVID-19 Radiography file numbers (the database numbers its
+  images by sub-source), the last block of Kermany patient numbers of each naming series (later acquisitions),
+  and whole ieee8023 patients (a hash of the patient).
+- ``train`` / ``val`` / ``test``: the rest, split at random by a hash of the group (``test`` is the "random split").
+
+The COVID-19 Radiography set has no patient ids: its images are split one by one (stated in the model cards).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,12 +24,22 @@ from tqdm import tqdm
 
 from ..errors import MedAIInputError
 from ..io import read_xray
-from ..paths import shared_data
+from ..paths import cache_dir, shared_data
 from .preprocess import preprocess
 from .registry import DiagnosisTask
 
-SPLIT_FRACTIONS = {"test": 0.20, "val": 0.15}  # the rest trains
+SPLIT_FRACTIONS = {"test": 0.15, "val": 0.15}  # of what is not external; the rest trains
 SPLIT_SALT = "medai-cxr-2026"
+SPLITS = ("train", "val", "test", "external")
+# external blocks: (source, id pattern, first held-out number); about the last fifth of each series
+EXTERNAL_BLOCKS = (
+    ("covid19_radiography_224", re.compile(r"/COVID-(\d+)\."), 2201),
+    ("covid19_radiography_224", re.compile(r"/Normal-(\d+)\."), 5901),
+    ("kermany_224", re.compile(r"/person(\d+)$"), 1465),
+    ("kermany_224", re.compile(r"/IM-(\d+)$"), 643),
+    ("kermany_224", re.compile(r"/NORMAL2-IM-(\d+)$"), 1190),
+)
+EXTERNAL_PATIENT_FRACTION = {"ieee8023_covid_subset_512": 0.30}  # whole patients, by hash
 
 # label in labels.csv -> class, per task
 LABEL_MAPS = {
@@ -53,9 +70,26 @@ class Record:
         return AGE_GROUP.get(self.source, "unknown")
 
 
+def _unit_hash(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def is_external(group: str) -> bool:
+    """Whether a patient group belongs to the external (unseen sub-source) split."""
+    source = group.split("/", 1)[0]
+    for block_source, pattern, first in EXTERNAL_BLOCKS:
+        match = pattern.search(group) if block_source == source else None
+        if match:
+            return int(match.group(1)) >= first
+    fraction = EXTERNAL_PATIENT_FRACTION.get(source)
+    return fraction is not None and _unit_hash(f"{SPLIT_SALT}:external:{group}") < fraction
+
+
 def split_of(group: str) -> str:
-    """'train', 'val' or 'test' for a patient group (stable hash, independent of the task and file order)."""
-    u = int(hashlib.sha256(f"{SPLIT_SALT}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    """'external', 'train', 'val' or 'test' for a patient group (stable, independent of the task and file order)."""
+    if is_external(group):
+        return "external"
+    u = _unit_hash(f"{SPLIT_SALT}:{group}")
     if u < SPLIT_FRACTIONS["test"]:
         return "test"
     if u < SPLIT_FRACTIONS["test"] + SPLIT_FRACTIONS["val"]:
@@ -91,11 +125,23 @@ def records(task: DiagnosisTask, split: str | None = None) -> list[Record]:
     return out
 
 
-def load_images(recs: list[Record], size: int, progress: bool = True) -> torch.Tensor:
-    """(N, 1, size, size) network inputs of the records."""
+def load_images(recs: list[Record], size: int, progress: bool = True, intensity: str = "percentile",
+                cache: bool = True) -> torch.Tensor:
+    """(N, 1, size, size) network inputs of the records.
+
+    Cached under ``.cache/diagnosis_inputs`` (a file per record list, size and intensity mode, float16), so that training runs and benchmarks read the ~10,000 X-rays once."""
     root = shared_data("chest_xray")
+    key = hashlib.sha256("\n".join([str(root.resolve()), str(size), intensity, *[r.path for r in recs]]).encode())
+    path = cache_dir() / "diagnosis_inputs" / f"{key.hexdigest()[:24]}.pt"
+    if cache and path.exists():
+        return torch.load(path, weights_only=True).float()
     items = tqdm(recs, desc=f"reading {len(recs)} X-rays", disable=not progress, leave=False)
-    return torch.stack([preprocess(read_xray(str(root / r.path)).array, size, r.path) for r in items])
+    images = torch.stack([preprocess(read_xray(str(root / r.path)).array, size, r.path, intensity) for r in items])
+    if cache and len(recs) > 32:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(images.half(), path)
+        images = images.half().float()  # what a cached read gives, every time
+    return images
 
 
 def labels_tensor(recs: list[Record], task: DiagnosisTask) -> torch.Tensor:

@@ -13,7 +13,7 @@ from .metrics import classification_report, softmax
 def split_logits(classifier: Classifier, split: str, progress: bool = False):
     """(records, logits numpy, truth numpy) of one split."""
     recs = records(classifier.task, split)
-    images = load_images(recs, classifier.image_size, progress)
+    images = load_images(recs, classifier.image_size, progress, classifier.intensity)
     return recs, classifier.logits(images).numpy(), labels_tensor(recs, classifier.task).numpy()
 
 
@@ -30,30 +30,36 @@ def subgroup_reports(recs, probabilities: np.ndarray, truth: np.ndarray, classes
     return out
 
 
-def report_from_logits(recs, logits: np.ndarray, truth: np.ndarray, classes, temperature: float) -> dict:
-    """Metrics of calibrated probabilities, the uncalibrated ECE, and sensitivity per age group / source."""
-    calibrated = softmax(logits, temperature)
+def report_from_logits(recs, logits: np.ndarray, truth: np.ndarray, classes, temperature: float,
+                       bias=None) -> dict:
+    """Metrics of calibrated probabilities (``softmax(logits / T + bias)``), the uncalibrated ECE, and
+    sensitivity per age group / source."""
+    calibrated = softmax(logits, temperature, bias)
     report = classification_report(calibrated, truth, classes)
     report["ece_uncalibrated"] = classification_report(softmax(logits), truth, classes)["ece"]
     report["subgroups"] = subgroup_reports(recs, calibrated, truth, classes)
     report["temperature"] = temperature
+    report["logit_bias"] = None if bias is None else [float(v) for v in bias]
     return report
 
 
 def evaluate_split(classifier: Classifier, split: str = "test", progress: bool = False) -> dict:
     """Metrics (calibrated and uncalibrated) of ``classifier`` on a split of its task."""
     recs, logits, truth = split_logits(classifier, split, progress)
-    return {**report_from_logits(recs, logits, truth, classifier.classes, classifier.temperature), "split": split}
+    return {**report_from_logits(recs, logits, truth, classifier.classes, classifier.temperature,
+                                  classifier.logit_bias), "split": split}
 
 
-def heatmap_lung_fraction(classifier: Classifier, split: str | None = None, limit: int | None = None) -> dict:
-    """Mean fraction of Grad-CAM mass inside the radiologist-drawn lung boxes (ieee8023 images)."""
+def heatmap_lung_fraction(classifier: Classifier, split: str | None = None, limit: int | None = None,
+                          records_list=None) -> dict:
+    """Mean fraction of Grad-CAM mass inside the radiologist-drawn lung boxes (ieee8023 images of ``split``, or
+    the boxed records of ``records_list``)."""
+    from .registry import get_task
+
     root = shared_data("chest_xray")
-    recs = [r for r in records(classifier.task, split) if r.lung_boxes]
-    if not recs:  # e.g. the pneumonia task has no ieee8023 images: use its classifier on the boxed images
-        from .registry import get_task
-
-        recs = [r for r in records(get_task("covid"), split) if r.lung_boxes]
+    # the pneumonia task has no ieee8023 images: its classifier is followed on the covid task's boxed images
+    recs = [r for r in (records_list if records_list is not None else records(get_task("covid"), split))
+            if r.lung_boxes]
     recs = recs[:limit] if limit else recs
     fractions, areas = [], []
     for rec in recs:

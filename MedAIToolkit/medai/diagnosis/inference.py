@@ -13,7 +13,8 @@ from .registry import DiagnosisTask, get_task
 
 
 class Classifier:
-    """A task's classifier: probabilities are ``softmax(logits / T)`` with the card's temperature ``T``.
+    """A task's classifier: probabilities are ``softmax(logits / T + b)`` with the card's temperature ``T`` and
+    class bias ``b`` (both fitted on validation patients; ``b`` is zero for models calibrated by ``T`` alone).
 
     ``state_dict``/``card`` bypass the shipped model (training and tests); otherwise the model file is read from
     ``models_folder`` (default Resources/Models) after its SHA-256 is checked against the card.
@@ -28,6 +29,9 @@ class Classifier:
         self.network_spec = self.card.get("network", self.task.network)
         self.image_size = int(self.card.get("image_size", self.task.image_size))
         self.temperature = float(self.card.get("temperature", 1.0))
+        self.intensity = self.card.get("intensity", "percentile")  # models before CLAHE: percentile scaling only
+        self.logit_bias = np.asarray(self.card.get("logit_bias") or [0.0] * len(self.task.classes), dtype=np.float64)
+        self.tta = bool(self.card.get("tta", False))  # average logits over TTA_VIEWS (chosen on validation)
         classes = tuple(self.card.get("classes", self.task.classes))
         if classes != tuple(self.task.classes):
             raise MedAIModelError(f"model card classes {classes} do not match task '{self.task.name}' {self.task.classes}")
@@ -46,18 +50,29 @@ class Classifier:
 
     def inputs(self, arrays, names=None) -> torch.Tensor:
         names = names or [f"image {i}" for i in range(len(arrays))]
-        return torch.stack([preprocess(a, self.image_size, n) for a, n in zip(arrays, names)])
+        return torch.stack([preprocess(a, self.image_size, n, self.intensity) for a, n in zip(arrays, names)])
 
     @torch.no_grad()
-    def logits(self, batch: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-        """Raw logits of preprocessed inputs ``(N, 1, S, S)``."""
-        parts = [self.model(batch[i:i + chunk].to(self.device)).float().cpu() for i in range(0, len(batch), chunk)]
+    def logits(self, batch: torch.Tensor, chunk: int = 64, tta: bool | None = None) -> torch.Tensor:
+        """Raw logits of preprocessed inputs ``(N, 1, S, S)``; with test-time augmentation (default: the card's
+        choice) the mean logits over :data:`TTA_VIEWS`."""
+        tta = self.tta if tta is None else tta
+
+        def forward(x):
+            x = x.to(self.device)
+            if not tta:
+                return self.model(x).float().cpu()
+            return torch.stack([self.model(view(x, *v)).float() for v in TTA_VIEWS]).mean(0).cpu()
+
+        parts = [forward(batch[i:i + chunk]) for i in range(0, len(batch), chunk)]
         return torch.cat(parts) if parts else torch.zeros(0, self.task.num_classes)
 
     def probabilities(self, arrays, names=None, calibrated: bool = True) -> np.ndarray:
         """(N, classes) probabilities of 2D X-ray arrays (any size, bit depth)."""
         logits = self.logits(self.inputs(arrays, names))
-        return F.softmax(logits / (self.temperature if calibrated else 1.0), dim=1).numpy()
+        if not calibrated:
+            return F.softmax(logits, dim=1).numpy()
+        return F.softmax(logits / self.temperature + torch.from_numpy(self.logit_bias).float(), dim=1).numpy()
 
     def heatmap(self, array: np.ndarray, class_index: int | None = None, name: str = "image") -> np.ndarray:
         """Grad-CAM (MONAI) of ``class_index`` (default: the predicted class) on the image's own pixel grid, 0-1.
@@ -68,7 +83,7 @@ class Classifier:
         from monai.visualize import GradCAM
 
         array = check_xray_array(array, name)
-        x = preprocess(array, self.image_size, name)[None].to(self.device).requires_grad_(True)
+        x = preprocess(array, self.image_size, name, self.intensity)[None].to(self.device).requires_grad_(True)
         # MONAI's default post-processing maps (min, max) to (1, 0), i.e. inverts the map: keep it raw here and
         # scale it to (0, 1) once, on the image grid
         cam = GradCAM(nn_module=ClassContrast(self.model), target_layers=gradcam_layer(self.network_spec, "model."),
@@ -78,6 +93,21 @@ class Classifier:
         result = result.detach().float().cpu()
         full = unit_range(F.interpolate(result, size=array.shape, mode="bilinear", align_corners=False))[0, 0]
         return full.clamp_(0.0, 1.0).numpy().astype(np.float32)
+
+
+# test-time views (zoom, shift x, shift y as fractions of the image): the framing of a chest X-ray varies by source
+TTA_VIEWS = ((1.0, 0.0, 0.0), (0.92, 0.0, 0.0), (1.08, 0.0, 0.0), (1.0, 0.04, 0.0), (1.0, -0.04, 0.0),
+             (1.0, 0.0, 0.04), (1.0, 0.0, -0.04))
+
+
+def view(x: torch.Tensor, zoom: float, shift_x: float, shift_y: float) -> torch.Tensor:
+    """Inputs ``(N, 1, S, S)`` zoomed about the centre (> 1 magnifies) and shifted; zero outside, as in training."""
+    if (zoom, shift_x, shift_y) == (1.0, 0.0, 0.0):
+        return x
+    theta = torch.tensor([[1.0 / zoom, 0.0, -2 * shift_x], [0.0, 1.0 / zoom, -2 * shift_y]], dtype=x.dtype,
+                         device=x.device).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def unit_range(maps: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 
-def softmax(logits, temperature: float = 1.0) -> np.ndarray:
-    return F.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=1).numpy()
+def softmax(logits, temperature: float = 1.0, bias=None) -> np.ndarray:
+    """``softmax(logits / T + b)``: temperature scaling, with the per-class bias of bias-corrected temperature
+    scaling where given (it undoes the class prior that class-balanced sampling teaches)."""
+    z = torch.as_tensor(logits, dtype=torch.float64) / temperature
+    if bias is not None:
+        z = z + torch.as_tensor(bias, dtype=torch.float64)
+    return F.softmax(z, dim=1).numpy()
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -106,3 +111,22 @@ def classification_report(probabilities: np.ndarray, truth: np.ndarray, classes)
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def fit_calibration(logits, truth, iterations: int = 300) -> tuple[float, list]:
+    """Bias-corrected temperature scaling (Alexandari et al. 2020): ``T`` and a zero-mean per-class bias ``b``
+    minimising the validation negative log-likelihood of ``softmax(logits / T + b)``."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    truth = torch.as_tensor(np.asarray(truth), dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=iterations)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp() + (bias - bias.mean()), truth)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0)), (bias - bias.mean()).detach().tolist()

@@ -1,4 +1,4 @@
-"""X-ray -> network input: checks, percentile intensity scaling, square resize."""
+"""X-ray -> network input: checks, percentile intensity scaling, square resize, optional CLAHE standardisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from ..errors import MedAIInputError
 
 PERCENTILES = (0.5, 99.5)
+INTENSITY_MODES = ("percentile", "clahe")
+CLAHE_CLIP_LIMIT = 0.01  # scikit-image's default; tiles of 1/8 of the image side
 
 
 def check_xray_array(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -30,9 +32,15 @@ def check_xray_array(array: np.ndarray, name: str = "image") -> np.ndarray:
     return array
 
 
-def preprocess(array: np.ndarray, size: int, name: str = "image") -> torch.Tensor:
+def preprocess(array: np.ndarray, size: int, name: str = "image", intensity: str = "percentile") -> torch.Tensor:
     """(1, size, size) float32 tensor: intensities clipped to the 0.5-99.5 percentiles and scaled to 0-1
-    (bit depth and window independent: 8-bit PNG and 16-bit DICOM give the same input), then resized."""
+    (bit depth and window independent: 8-bit PNG and 16-bit DICOM give the same input), then resized.
+
+    ``intensity="clahe"`` then equalises the histogram locally on the network grid (CLAHE, scikit-image): sources
+    that differ in exposure, processing and contrast look alike to the network (the model card names the mode).
+    """
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"unknown intensity standardisation '{intensity}' ({', '.join(INTENSITY_MODES)})")
     array = check_xray_array(array, name)
     low, high = np.percentile(array, PERCENTILES)
     if high <= low:
@@ -40,4 +48,10 @@ def preprocess(array: np.ndarray, size: int, name: str = "image") -> torch.Tenso
     scaled = np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
     tensor = torch.from_numpy(scaled)[None, None]
     resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0].clamp_(0.0, 1.0)
+    resized = resized[0].clamp_(0.0, 1.0)
+    if intensity == "clahe":
+        from skimage.exposure import equalize_adapthist
+
+        resized = torch.from_numpy(equalize_adapthist(resized[0].numpy().astype(np.float64),
+                                                      clip_limit=CLAHE_CLIP_LIMIT).astype(np.float32))[None]
+    return resized
