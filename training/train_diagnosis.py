@@ -60,8 +60,10 @@ HEATMAP_METHOD = ("MONAI GradCAM on the last convolutional stage for the score '
                   "the other logits' (medai.diagnosis.networks.ClassContrast), rectified, bilinearly resized to the "
                   "X-ray's own pixel grid and scaled to 0-1; 'heatmap' = mean share of its mass inside the ieee8023 "
                   "radiologist lung boxes (empty maps count 0)")
-SELECTION_RULE = ("among the runs in 'comparison' and this one: the lowest validation loss of those whose validation "
-                  "heat maps hold >= 0.70 of their mass in the lung boxes (validation patients' ieee8023 X-rays)")
+SELECTION_RULE = ("among the runs in 'comparison' and this one: the lowest calibrated validation NLL (after the "
+                  "calibration and TTA choice fitted on validation, i.e. the probabilities the model ships; raw "
+                  "validation losses are not comparable across runs trained with class-balanced sampling) of those "
+                  "whose validation heat maps hold >= 0.70 of their mass in the lung boxes")
 
 
 class Augmentation:
@@ -407,6 +409,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
             comparison[Path(run).name] = {
                 "network": other["network"]["name"], "init": trained["best"].get("init"),
                 "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
+                "val_nll_calibrated": min(other.get("tta_validation_nll", {"-": None}).values()),
                 "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
                 "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
                 "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
@@ -503,10 +506,12 @@ def write_model_doc(card: dict, path: Path) -> None:
               f"(the boxes cover {h['mean_lung_box_area_fraction']:.0%} of the image)" for k, h in heat if h]
     if card.get("comparison"):
         lines += ["", "## Architecture / pre-training comparison (chosen on validation only)", "",
-                  "| run | network | px | init | epochs | val loss | val acc | test acc | test AUC | external acc | "
-                  "external AUC | external min sensitivity | train minutes | parameters |", "|---" * 14 + "|"]
+                  "| run | network | px | init | epochs | val loss (raw) | val NLL (calibrated) | val acc | test acc | "
+                  "test AUC | external acc | external AUC | external min sensitivity | train minutes | parameters |",
+                  "|---" * 15 + "|"]
         own = {"network": card["network"]["name"], "image_size": card["image_size"], "init": card.get("init"),
                "epochs_run": card["best_epoch"], "val_loss": card["validation"]["loss"],
+               "val_nll_calibrated": min(card["tta_validation_nll"].values()),
                "val_accuracy": card["validation"]["accuracy"], "test_accuracy": test["accuracy"],
                "test_auc_macro": test["auc_macro"], "external_accuracy": ext["accuracy"],
                "external_auc_macro": ext["auc_macro"],
@@ -515,7 +520,8 @@ def write_model_doc(card: dict, path: Path) -> None:
         for run, c in [("**shipped** (best epoch)", own)] + list(card["comparison"].items()):
             minutes = c.get("train_seconds")
             lines.append(f"| {run} | {c['network']} | {c.get('image_size', '-')} | {c['init'] or 'scratch'} | "
-                         f"{c.get('epochs_run', '-')} | {num(c['val_loss'])} | {num(c['val_accuracy'])} | "
+                         f"{c.get('epochs_run', '-')} | {num(c['val_loss'])} | {num(c.get('val_nll_calibrated'))} | "
+                         f"{num(c['val_accuracy'])} | "
                          f"{num(c['test_accuracy'])} | {num(c['test_auc_macro'])} | {num(c.get('external_accuracy'))} | "
                          f"{num(c.get('external_auc_macro'))} | {num(c.get('external_min_sensitivity'))} | "
                          f"{num(minutes / 60 if minutes else None, 1)} | {c['parameters']:,} |")
