@@ -98,9 +98,10 @@ def test_diagnosis_two_processes_equal_one(data_dir, tmp_path):
     spec = {**get_task("pneumonia").network, "dropout": 0.0}
     start = build_classifier(spec, 2).state_dict()
     weights = [torch.load(tmp_path / name / "last.pt", weights_only=False)["model"] for name in ("one", "two")]
-    # measured <= 3.4e-3 of the update (float noise on near-zero gradients, which Adam's first steps scale up to
-    # lr-sized steps whatever their size); a run on other batches (limit_images 40) differs by 1.4-1.7 of it
-    assert_same_kernels(*weights, start, tolerance=1e-2)
+    # measured <= 3.4e-3 of the update on the first data release; on the grown data's first 48 training images
+    # (new split) up to 5.2e-2 (float noise on near-zero gradients, which Adam's first steps scale up to lr-sized
+    # steps whatever their size; the losses above agree to 1e-3); a run on other batches differs by 1.4-1.7 of it
+    assert_same_kernels(*weights, start, tolerance=0.1)
 
 
 def test_registration_agent_trains_under_torchrun(tmp_path):
