@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedAIToolkit"))
 
 from medai.diagnosis.data import labels_tensor, load_images, records  # noqa: E402
-from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits  # noqa: E402
+from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits, split_logits  # noqa: E402
 from medai.diagnosis.inference import Classifier  # noqa: E402
 from medai.diagnosis.registry import TASKS, get_task  # noqa: E402
 from medai.errors import MedAIModelError  # noqa: E402
@@ -109,9 +109,7 @@ def main() -> int:
               f"T = {classifier.temperature:.3f}) ===")
         entry = {"splits": {}}
         for split in ("test", "external"):
-            recs = records(task, split)
-            logits = classifier.logits(load_images(recs, classifier.image_size, False, classifier.intensity)).numpy()
-            truth = labels_tensor(recs, task).numpy()
+            recs, logits, truth = split_logits(classifier, split)
             report = report_from_logits(recs, logits, truth, task.classes, classifier.temperature,
                                         classifier.logit_bias)
             print_report("random split (test)" if split == "test" else "external split (unseen sub-sources)", report)

@@ -30,7 +30,6 @@ from .registry import DiagnosisTask
 
 SPLIT_FRACTIONS = {"test": 0.15, "val": 0.15}  # of what is not external; the rest trains
 SPLIT_SALT = "medai-cxr-2026"
-SPLITS = ("train", "val", "test", "external")
 # external blocks: (source, id pattern, first held-out number); about the last fifth of each series
 EXTERNAL_BLOCKS = (
     ("covid19_radiography_224", re.compile(r"/COVID-(\d+)\."), 2201),
@@ -129,7 +128,8 @@ def load_images(recs: list[Record], size: int, progress: bool = True, intensity:
                 cache: bool = True) -> torch.Tensor:
     """(N, 1, size, size) network inputs of the records.
 
-    Cached under ``.cache/diagnosis_inputs`` (a file per record list, size and intensity mode, float16), so that training runs and benchmarks read the ~10,000 X-rays once."""
+    Cached under ``.cache/diagnosis_inputs`` (a float16 file per record list, size and intensity mode), so that
+    training runs and benchmarks read the ~10,000 X-rays once."""
     root = shared_data("chest_xray")
     key = hashlib.sha256("\n".join([str(root.resolve()), str(size), intensity, *[r.path for r in recs]]).encode())
     path = cache_dir() / "diagnosis_inputs" / f"{key.hexdigest()[:24]}.pt"
