@@ -126,12 +126,15 @@ def crosses_segment(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray)
     return bool(depth.min() <= source_z or depth.max() >= detector_z)
 
 
-def rays_in_index_space(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray):
-    """Source (3,) and detector pixel centres (H, W, 3) in the CROPPED volume's (i, j, k) index space."""
+def rays_in_index_space(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray,
+                        points_carm: np.ndarray | None = None):
+    """Source (3,) and detector points (H, W, 3) in the CROPPED volume's (i, j, k) index space: the pixel centres,
+    or ``points_carm`` (H, W, 3, C-arm mm) when given."""
     ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
     carm_to_ijk = np.linalg.inv(ijk_to_carm)
     source = carm_to_ijk[:3, :3] @ carm.source_carm() + carm_to_ijk[:3, 3] - ct.offset_ijk
-    targets = carm.pixel_centres_carm() @ carm_to_ijk[:3, :3].T + carm_to_ijk[:3, 3] - ct.offset_ijk
+    points = carm.pixel_centres_carm() if points_carm is None else points_carm
+    targets = points @ carm_to_ijk[:3, :3].T + carm_to_ijk[:3, 3] - ct.offset_ijk
     return source, targets
 
 
@@ -180,10 +183,12 @@ def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray,
     return total * step_mm
 
 
-def render_matrix(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, chunk_planes: int | None = None) -> torch.Tensor:
-    """DRR line integrals (H, W) for one 4x4 RAS -> C-arm matrix."""
+def render_matrix(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, chunk_planes: int | None = None,
+                  points_carm: np.ndarray | None = None) -> torch.Tensor:
+    """DRR line integrals (H, W) for one 4x4 RAS -> C-arm matrix: at the detector's pixel centres, or at the
+    detector points ``points_carm`` (H, W, 3, C-arm mm; e.g. two grids of different resolution stacked)."""
     clip = crosses_segment(ct, carm, ras_to_carm)
-    source, targets = rays_in_index_space(ct, carm, ras_to_carm)
+    source, targets = rays_in_index_space(ct, carm, ras_to_carm, points_carm)
     return render_rays(ct, source, targets, chunk_planes, clip_segment=clip)
 
 

@@ -1,8 +1,10 @@
 """The agent: a Q-network plus its settings; greedy inference with coarse-to-fine step sizes; agent files.
 
 Inference: at each step the DRR at the current pose is rendered, the Q-network scores the allowed actions and the
-best one is taken. When the agent oscillates (returns to a pose it visited at this step size) or no action is
-expected to help, the step size shrinks to the next level; after the finest level, or the step budget, it stops.
+best one is taken, even when none is expected to help (depth along the beam is the least visible error: stopping
+there instead left 20% vs 15% of 40 development frames > 10 mm). When the agent oscillates (returns to a pose it
+visited at this step size), the step size shrinks to the next level; after the finest level, or the step budget,
+it stops.
 """
 from __future__ import annotations
 
@@ -107,17 +109,15 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
     max_steps = agent.settings.max_steps if max_steps is None else max_steps
     pose, level, visited = init, 0, []
     trajectory = Trajectory()
-    state, moving = env.state(pose)
-    best = (-np.inf, pose, state, moving)
+    state, similarity = env.state(pose)
+    best = (-np.inf, pose, state)
     for step in range(max_steps + 1):
         trajectory.poses.append(pose)
-        similarity = env.similarity(moving)
         dropped = similarity < best[0] - SIMILARITY_DROP
         if dropped:  # back to the best pose seen, and a smaller step
-            pose, state, moving = best[1], best[2], best[3]
-            similarity = best[0]
+            similarity, pose, state = best
         elif similarity > best[0]:
-            best = (similarity, pose, state, moving)
+            best = (similarity, pose, state)
         if step == max_steps:
             trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
             trajectory.stop_reason = "step budget"
@@ -129,12 +129,12 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
         q = agent.q_values(state)[allowed]
         key = np.round(np.concatenate([pose.translation, pose.rotation.ravel() * 100]), 2)
         revisit = dropped or any(np.allclose(key, other, atol=1e-3) for other in visited)
-        if revisit or q.max() <= 0:
+        if revisit:
             level += 1
             visited = []
             if level == len(levels):
                 trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
-                trajectory.stop_reason = "converged" if not revisit else "oscillation at finest step"
+                trajectory.stop_reason = "converged (oscillates at the finest step)"
                 break
         visited.append(key)
         order = np.argsort(-q)
@@ -146,7 +146,7 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             if offset[:3].max() > SEARCH_RANGE[0] or offset[3:].max() > SEARCH_RANGE[1]:
                 continue
             try:
-                state, moving = env.state(candidate)
+                next_state, next_similarity = env.state(candidate)
                 break
             except MedAIInputError:
                 continue
@@ -156,7 +156,7 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             break
         trajectory.rows.append({"step": step, "action": ACTION_NAMES[action], "step_mm": step_mm,
                                 "step_deg": step_deg, "similarity": similarity})
-        pose = candidate
+        pose, state, similarity = candidate, next_state, next_similarity
         if on_step is not None:
             on_step(step, max_steps)
     return pose, trajectory

@@ -4,6 +4,8 @@ The frame's detector is re-binned onto a ``work_size`` x ``work_size`` grid cove
 geometry, not the pixel count, is what matters), so one agent serves any C-arm. The state is the pair of
 normalised (0-1) patches at two resolutions: the whole field of view pooled to ``patch`` x ``patch`` (coarse) and
 its central half at full working resolution (fine): channels (fixed coarse, moving coarse, fixed fine, moving fine).
+The moving patches are rendered directly, one ray per patch pixel (2 P^2 rays instead of the working grid's 4 P^2;
+a coarse pixel's ray through its centre instead of the mean of four: the CT's voxels are coarser than the rays).
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class FixedImage:
     fine: torch.Tensor
     coarse_mask: torch.Tensor
     fine_mask: torch.Tensor
+    coarse_raw: torch.Tensor | None = None  # the coarse patch before normalisation (for the similarity)
+    points: np.ndarray | None = None  # (2P, P, 3) C-arm mm: detector points of the two views (view_points)
 
     @classmethod
     def build(cls, image, mask, carm_work: CArmGeometry) -> "FixedImage":
@@ -88,7 +92,7 @@ class FixedImage:
         coarse_mask, fine_mask = (m > 0.99 for m in patches(mask.float()))
         coarse, fine = patches(image)
         return cls(image, mask, carm_work, normalise(coarse, coarse_mask), normalise(fine, fine_mask),
-                   coarse_mask, fine_mask)
+                   coarse_mask, fine_mask, coarse, view_points(carm_work, coarse.shape[-1]))
 
     @classmethod
     def from_frame(cls, frame, size: int = WORK_SIZE) -> "FixedImage":
@@ -105,21 +109,43 @@ class Environment:
         self.fixed = fixed
 
     def moving(self, pose: RigidPose) -> torch.Tensor:
+        """The whole DRR (S, S) on the working detector at ``pose``."""
         return render_matrix(self.ct, self.fixed.carm, pose.matrix(self.centre_ras))
 
-    def state(self, pose: RigidPose) -> tuple[torch.Tensor, torch.Tensor]:
-        """(4, P, P) state tensor and the moving DRR (S, S) at ``pose``."""
-        moving = self.moving(pose)
-        return build_state(self.fixed, moving), moving
+    def state(self, pose: RigidPose) -> tuple[torch.Tensor, float]:
+        """(4, P, P) state tensor at ``pose`` and the image similarity (NCC of the coarse views in the field)."""
+        coarse, fine = render_views(self.ct, self.fixed, pose.matrix(self.centre_ras))
+        fixed = self.fixed
+        similarity = ncc(fixed.coarse_raw if fixed.coarse_raw is not None else fixed.coarse, coarse,
+                         fixed.coarse_mask)
+        return state_from_views(fixed, coarse, fine), similarity
 
-    def similarity(self, moving: torch.Tensor) -> float:
-        return ncc(self.fixed.image, moving, self.fixed.mask)
+
+def view_points(carm_work: CArmGeometry, patch: int) -> np.ndarray | None:
+    """(2P, P, 3) C-arm detector points of the state's views: the coarse grid (the working detector pooled to P x P:
+    pixel centres of its P x P resampling) above the fine one (the central P x P pixels of the working detector).
+    None when the fine view is not such a crop (working grid not square or smaller than 2P)."""
+    work = carm_work.width
+    if carm_work.height != work or work % patch or work < 2 * patch:
+        return None
+    start = (work - patch) // 2
+    fine = carm_work.pixel_centres_carm()[start:start + patch, start:start + patch]
+    return np.concatenate([work_geometry(carm_work, patch).pixel_centres_carm(), fine], axis=0)
 
 
-def build_state(fixed: FixedImage, moving: torch.Tensor) -> torch.Tensor:
-    coarse, fine = patches(moving)
+def render_views(ct: PreparedCT, fixed: FixedImage, ras_to_carm: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The moving image's coarse and fine views (P, P) each, raw line integrals, for the state at ``ras_to_carm``."""
+    if fixed.points is None:
+        return patches(render_matrix(ct, fixed.carm, ras_to_carm))
+    views = render_matrix(ct, fixed.carm, ras_to_carm, points_carm=fixed.points)
+    patch = views.shape[-1]
+    return views[:patch], views[patch:]
+
+
+def state_from_views(fixed: FixedImage, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
     return torch.stack([fixed.coarse, normalise(coarse, fixed.coarse_mask), fixed.fine,
                         normalise(fine, fixed.fine_mask)])
+
 
 
 def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, mask: np.ndarray | None = None,

@@ -33,7 +33,7 @@ from ..errors import MedAIInputError
 from ..io import Volume, resample_volume
 from .agent import Agent, AgentSettings, run_agent
 from .augment import augment_ct, fluoroscopy_like
-from .environment import Environment, FixedImage, build_state
+from .environment import Environment, FixedImage, render_views, state_from_views
 from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
 
 
@@ -220,11 +220,11 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             episode = pool[index]
             case = episode.case
             try:
-                moving = render_matrix(cts[case.ct_index], case.carm, episode.pose.matrix(centres[case.ct_index]))
+                views = render_views(cts[case.ct_index], case.fixed, episode.pose.matrix(centres[case.ct_index]))
             except MedAIInputError:
                 pool[index] = _Episode(sample_case(rng, cts, centres, config, settings.work_size))
                 continue
-            states.append(build_state(case.fixed, moving))
+            states.append(state_from_views(case.fixed, *views))
             used.append(index)
             step_mm, step_deg = settings.levels[episode.level]
             targets.append(q_values(episode.pose.error_to(case.truth), step_mm, step_deg))
