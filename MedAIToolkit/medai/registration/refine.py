@@ -40,6 +40,7 @@ class RefineLevel:
     gradients: bool = False
     iterations: int = 6
     fd_step: tuple = (0.5, 0.5, 1.0, 0.25, 0.25, 0.25)  # mm, mm, mm, deg, deg, deg
+    broyden: bool = False  # Jacobian by finite differences once, then Broyden updates (else afresh every iteration)
 
 
 def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -111,10 +112,10 @@ def _jacobian(residual: "_Residual", pose: RigidPose, r: torch.Tensor, dofs, ste
 def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "2d3d", cancel=None) -> RefineOutcome:
     """Refine ``pose`` level by level (Levenberg-Marquardt at each).
 
-    The Jacobian is taken by finite differences once per level and then kept up to date by Broyden's rank-one
-    updates from every image rendered (one render per iteration instead of seven); a level ends when no damped
-    step improves the cost or a step moves less than :data:`CONVERGED_STEP`. The covariance takes the Jacobian
-    afresh at the final pose."""
+    The Jacobian is taken by finite differences at every iteration, or, on a ``broyden`` level, once and then kept up
+    to date by Broyden's rank-one updates from every image rendered (one render per iteration instead of seven:
+    for the fine level, which starts close); a level ends when no damped step improves the cost or a step moves
+    less than :data:`CONVERGED_STEP`. The covariance takes the Jacobian afresh at the final pose."""
     dofs = [0, 1, 5] if mode == "2d2d" else list(range(6))
     log = []
     similarity = float("nan")
@@ -129,7 +130,7 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
         for iteration in range(level.iterations):
             if cancel is not None and cancel():
                 break
-            if jac is None:
+            if jac is None or not level.broyden:
                 jac, fresh = _jacobian(residual, pose, r, dofs, steps), True
             jtj = (jac.T @ jac).numpy()
             jtr = (jac.T @ r).numpy()
@@ -153,8 +154,9 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
                     damping *= 10
                     continue
                 cost_new = float(r_new @ r_new)
-                step = torch.as_tensor(delta[dofs], dtype=torch.float64)
-                jac = jac + torch.outer(r_new - r - jac @ step, step) / max(float(step @ step), 1e-12)  # Broyden
+                if level.broyden:
+                    step = torch.as_tensor(delta[dofs], dtype=torch.float64)
+                    jac = jac + torch.outer(r_new - r - jac @ step, step) / max(float(step @ step), 1e-12)
                 if cost_new < cost:
                     pose, r, cost, improved = candidate, r_new, cost_new, True
                     damping = max(damping / 10, 1e-6)
@@ -162,8 +164,8 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
                 damping *= 10
             log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
             if not improved:
-                break  # converged (a fresh finite-difference Jacobian here gains < 0.03 mm median for ~0.2 s)
-            fresh = False
+                break  # converged (on a Broyden level a fresh Jacobian here gained < 0.03 mm median for ~0.2 s)
+            fresh = False  # the pose moved: the Jacobian is no longer taken at it
             if np.abs(delta[:3]).max() < CONVERGED_STEP[0] and np.abs(delta[3:]).max() < CONVERGED_STEP[1]:
                 break
         similarity = 1.0 - cost / 2.0
