@@ -128,7 +128,7 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             break
         q = agent.q_values(state)[allowed]
         key = np.round(np.concatenate([pose.translation, pose.rotation.ravel() * 100]), 2)
-        revisit = dropped or any(np.allclose(key, other, atol=1e-3) for other in visited)
+        revisit = dropped or bool(visited and np.any(np.all(np.abs(np.asarray(visited) - key) <= 1e-3, axis=1)))
         if revisit or q.max() <= 0:
             level += 1
             visited = []
