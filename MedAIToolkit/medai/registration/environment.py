@@ -82,8 +82,8 @@ class FixedImage:
     fine: torch.Tensor
     coarse_mask: torch.Tensor
     fine_mask: torch.Tensor
-    coarse_raw: torch.Tensor | None = None  # the coarse patch before normalisation (for the similarity)
-    points: np.ndarray | None = None  # (2P, P, 3) C-arm mm: detector points of the two views (view_points)
+    coarse_raw: torch.Tensor  # the coarse patch before normalisation (for the similarity)
+    points: np.ndarray | None  # (2P, P, 3) C-arm mm: detector points of the two views (view_points)
 
     @classmethod
     def build(cls, image, mask, carm_work: CArmGeometry) -> "FixedImage":
@@ -108,17 +108,11 @@ class Environment:
         self.centre_ras = np.asarray(centre_ras, dtype=np.float64)
         self.fixed = fixed
 
-    def moving(self, pose: RigidPose) -> torch.Tensor:
-        """The whole DRR (S, S) on the working detector at ``pose``."""
-        return render_matrix(self.ct, self.fixed.carm, pose.matrix(self.centre_ras))
-
     def state(self, pose: RigidPose) -> tuple[torch.Tensor, float]:
         """(4, P, P) state tensor at ``pose`` and the image similarity (NCC of the coarse views in the field)."""
         coarse, fine = render_views(self.ct, self.fixed, pose.matrix(self.centre_ras))
-        fixed = self.fixed
-        similarity = ncc(fixed.coarse_raw if fixed.coarse_raw is not None else fixed.coarse, coarse,
-                         fixed.coarse_mask)
-        return state_from_views(fixed, coarse, fine), similarity
+        similarity = ncc(self.fixed.coarse_raw, coarse, self.fixed.coarse_mask)
+        return state_from_views(self.fixed, coarse, fine), similarity
 
 
 def view_points(carm_work: CArmGeometry, patch: int) -> np.ndarray | None:
@@ -145,7 +139,6 @@ def render_views(ct: PreparedCT, fixed: FixedImage, ras_to_carm: np.ndarray) -> 
 def state_from_views(fixed: FixedImage, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
     return torch.stack([fixed.coarse, normalise(coarse, fixed.coarse_mask), fixed.fine,
                         normalise(fine, fixed.fine_mask)])
-
 
 
 def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, mask: np.ndarray | None = None,
