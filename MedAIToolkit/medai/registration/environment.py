@@ -141,6 +141,13 @@ def state_from_views(fixed: FixedImage, coarse: torch.Tensor, fine: torch.Tensor
                         normalise(fine, fixed.fine_mask)])
 
 
+def detector_pixels(points_carm: np.ndarray, carm: CArmGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) detector pixel coordinates where C-arm points (N, 3) project (pinhole at the source)."""
+    scale = carm.sdd_mm / (points_carm[:, 2] + carm.sid_mm)
+    return (points_carm[:, 1] * scale / carm.row_spacing_mm + carm.principal_row,
+            points_carm[:, 0] * scale / carm.col_spacing_mm + carm.principal_col)
+
+
 def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, mask: np.ndarray | None = None,
                   min_fraction: float = 0.01) -> float:
     """Share of the body's sample points that project inside the frame's field; raises below ``min_fraction``
@@ -148,10 +155,7 @@ def check_overlap(ct: PreparedCT, carm: CArmGeometry, ras_to_carm: np.ndarray, m
     if ct.tissue_ijk is None or not len(ct.tissue_ijk):
         return 1.0
     ijk_to_carm = ras_to_carm @ ct.geometry.ijk_to_ras()
-    points = ct.tissue_ijk @ ijk_to_carm[:3, :3].T + ijk_to_carm[:3, 3]
-    scale = carm.sdd_mm / (points[:, 2] + carm.sid_mm)
-    cols = points[:, 0] * scale / carm.col_spacing_mm + carm.principal_col
-    rows = points[:, 1] * scale / carm.row_spacing_mm + carm.principal_row
+    rows, cols = detector_pixels(ct.tissue_ijk @ ijk_to_carm[:3, :3].T + ijk_to_carm[:3, 3], carm)
     inside = (cols >= 0) & (cols <= carm.width - 1) & (rows >= 0) & (rows <= carm.height - 1)
     if mask is not None and inside.any():
         r, c = np.round(rows[inside]).astype(int), np.round(cols[inside]).astype(int)

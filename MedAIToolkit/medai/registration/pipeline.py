@@ -20,12 +20,18 @@ from .frame import Frame
 from .poses import MODE_ACTIONS, RigidPose, pose_distance
 from .refine import RefineLevel, refine, uncertainty_mm
 
-REFINE_LEVELS = ({"ct_spacing_mm": None, "work_size": 64, "sigma_px": 1.0, "iterations": 6},
+IN_PLANE_DOFS = (0, 1, 2, 5)
+"""tx, ty, tz, rz: parameters that move the projection in the detector plane (shift, magnification, rotation)."""
+REFINE_LEVELS = ({"ct_spacing_mm": None, "work_size": 64, "sigma_px": 1.0, "iterations": 6,
+                  "warp_dofs": IN_PLANE_DOFS},
                  {"ct_spacing_mm": 2.0, "work_size": 128, "sigma_px": 1.0, "iterations": 10, "gradients": True,
-                  "broyden": True})
+                  "broyden": True, "warp_dofs": IN_PLANE_DOFS})
 """Refinement pyramid: ``ct_spacing_mm`` None = the agent's CT; NCC at the coarse level, gradient correlation at
 the fine one (robust to the frame's gamma and noise: median mTRE 0.71 vs 1.61 mm with NCC on 6 test frames); a fresh
-finite-difference Jacobian at every coarse iteration (far from the optimum), Broyden updates at the fine level."""
+Jacobian at every coarse iteration (far from the optimum), Broyden updates at the fine level. The Jacobian columns of
+the in-plane parameters come from warping the rendered image (2 renders per Jacobian instead of 6; the last step
+and the covariance use a fully rendered one): refinement 0.80 -> 0.65 s per frame at equal accuracy on 40 chest and
+60 unseen-CT development frames (chest < 2 mm 0.95 / median 0.47 mm; unseen CT 0.667 / 1.35 mm vs 1.34 mm)."""
 DEFAULT_CONFIDENCE = {"features": ["log_uncertainty_mm"], "coef": [-3.0], "intercept": -1.0,
                       "calibrated_on": "default (uncalibrated) coefficients"}
 """An agent card without a calibrated model: 50% at 0.7 mm predicted uncertainty (bench_registration --calibrate
@@ -127,7 +133,8 @@ class Registrar:
                 ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
                 levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), level["sigma_px"],
                                           level.get("gradients", False), level["iterations"],
-                                          broyden=level.get("broyden", False)))
+                                          broyden=level.get("broyden", False),
+                                          warp_dofs=tuple(level.get("warp_dofs", ()))))
             refined = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             pose, similarity, refine_log = refined.pose, refined.similarity, refined.log
             uncertainty = uncertainty_mm(refined.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)

@@ -3,7 +3,8 @@
 The residual is ``f - m(p)`` of the fixed and moving images, each smoothed, zero-mean and unit-norm inside the
 frame's field, so its squared norm is ``2 (1 - NCC)``; with ``gradients=True`` the images are their x/y
 gradients (gradient correlation, robust to intensity differences). The Jacobian in the six C-arm-frame
-parameters is taken by finite differences and kept up to date by Broyden updates between them. Multi-resolution:
+parameters is taken by finite differences (of rendered images; for the in-plane parameters, optionally, of the
+rendered image warped in 2D) and kept up to date by Broyden updates between them. Multi-resolution:
 each level has its own CT, detector grid and smoothing. The Jacobian and residual at the final pose also give the
 pose's covariance, cluster-robust ("sandwich") over pixel blocks since
 neighbouring residuals are correlated: a flat direction of the cost (typically depth along the beam) or a residual
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from ..drr.renderer import PreparedCT, render_matrix
 from ..errors import MedAIInputError
-from .environment import FixedImage
+from .environment import FixedImage, detector_pixels
 from .poses import RigidPose
 
 
@@ -41,6 +42,7 @@ class RefineLevel:
     iterations: int = 6
     fd_step: tuple = (0.5, 0.5, 1.0, 0.25, 0.25, 0.25)  # mm, mm, mm, deg, deg, deg
     broyden: bool = False  # Jacobian by finite differences once, then Broyden updates (else afresh every iteration)
+    warp_dofs: tuple = ()  # parameters whose Jacobian column comes from warping the rendered image (see _Residual)
 
 
 def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -55,6 +57,8 @@ def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0, 0]
 
 
+WARP_POINTS = 256
+"""Body points whose projections fit the in-plane motion of a warped Jacobian column."""
 BLOCK_PX = 16
 CONVERGED_STEP = (0.1, 0.05)
 """A level ends when a Levenberg-Marquardt step moves less than this (mm, deg): body points then move < ~0.2 mm."""
@@ -77,6 +81,11 @@ class _Residual:
         rows, cols = torch.nonzero(mask, as_tuple=True)  # the order of image[mask]
         block = (rows // BLOCK_PX) * (mask.shape[1] // BLOCK_PX + 1) + cols // BLOCK_PX
         self.blocks = (block.repeat(2) if level.gradients else block).numpy()  # cluster of each residual element
+        ct = level.ct
+        tissue = ct.tissue_ijk if ct.tissue_ijk is not None and len(ct.tissue_ijk) else None
+        self.points_ras = None if tissue is None else ct.geometry.index_to_ras(
+            tissue[:: max(1, len(tissue) // WARP_POINTS)])
+        self._images = {}  # the images rendered at the last few poses, by pose matrix
 
     def _features(self, image: torch.Tensor) -> torch.Tensor:
         image = _smooth(image, self.level.sigma_px)
@@ -95,17 +104,53 @@ class _Residual:
         return torch.cat(out) / np.sqrt(len(out))
 
     def __call__(self, pose: RigidPose) -> torch.Tensor:
-        moving = render_matrix(self.level.ct, self.level.fixed.carm, pose.matrix(self.centre))
+        matrix = pose.matrix(self.centre)
+        moving = render_matrix(self.level.ct, self.level.fixed.carm, matrix)
+        if len(self._images) >= 16:
+            self._images.pop(next(iter(self._images)))
+        self._images[matrix.tobytes()] = moving
         return self.target - self._features(moving)
 
+    def warped(self, pose: RigidPose, delta: np.ndarray) -> torch.Tensor:
+        """The residual at ``pose.moved(delta)`` approximated without rendering: the image rendered at ``pose``
+        warped by the affine in-plane motion that best fits the body points' projections (exact for a rigid motion
+        of a flat object parallel to the detector; for tx, ty and rz the depth spread of the body only scales the
+        motion by a few percent, well within what a Gauss-Newton step tolerates)."""
+        carm = self.level.fixed.carm
+        matrix = pose.matrix(self.centre)
+        moving = self._images.get(matrix.tobytes())
+        if moving is None:
+            moving = render_matrix(self.level.ct, carm, matrix)
+            self._images[matrix.tobytes()] = moving
+        if self.points_ras is None:
+            return self(pose.moved(delta))
+        moved = pose.moved(delta).matrix(self.centre)
+        before = np.stack(detector_pixels(self.points_ras @ matrix[:3, :3].T + matrix[:3, 3], carm), axis=1)
+        after = np.stack(detector_pixels(self.points_ras @ moved[:3, :3].T + moved[:3, 3], carm), axis=1)
+        design = np.c_[before, np.ones(len(before))]
+        affine = np.linalg.lstsq(design, after - before, rcond=None)[0]  # (3, 2): (row, col, 1) -> displacement
+        rows, cols = np.mgrid[0:carm.height, 0:carm.width].astype(np.float64)
+        shift = np.stack([rows, cols, np.ones_like(rows)], axis=-1) @ affine  # (H, W, 2) row, col displacement
+        source_rows, source_cols = rows - shift[..., 0], cols - shift[..., 1]  # where each pixel's content was
+        grid = np.stack([2 * source_cols / max(carm.width - 1, 1) - 1, 2 * source_rows / max(carm.height - 1, 1) - 1],
+                        axis=-1)
+        image = F.grid_sample(moving[None, None], torch.as_tensor(grid, dtype=torch.float32)[None], mode="bilinear",
+                              padding_mode="border", align_corners=True)[0, 0]
+        return self.target - self._features(image)
 
-def _jacobian(residual: "_Residual", pose: RigidPose, r: torch.Tensor, dofs, steps: np.ndarray) -> torch.Tensor:
-    """Forward-difference Jacobian of the residual in the C-arm-frame parameters ``dofs``."""
+
+def _jacobian(residual: "_Residual", pose: RigidPose, r: torch.Tensor, dofs, steps: np.ndarray,
+              warp_dofs=()) -> torch.Tensor:
+    """Jacobian of the residual in the C-arm-frame parameters ``dofs``: forward differences of rendered images, or
+    for ``warp_dofs`` central differences of the warped image (:meth:`_Residual.warped`, no rendering)."""
     jac = torch.empty(r.shape[0], len(dofs), dtype=torch.float64)
     for col, dof in enumerate(dofs):
         delta = np.zeros(6)
         delta[dof] = steps[dof]
-        jac[:, col] = (residual(pose.moved(delta)) - r) / steps[dof]
+        if dof in warp_dofs:
+            jac[:, col] = (residual.warped(pose, delta) - residual.warped(pose, -delta)) / (2 * steps[dof])
+        else:
+            jac[:, col] = (residual(pose.moved(delta)) - r) / steps[dof]
     return jac
 
 
@@ -166,7 +211,7 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
             if cancel is not None and cancel():
                 break
             if jac is None or not level.broyden:
-                jac, fresh = _jacobian(residual, pose, r, dofs, steps), True
+                jac, fresh = _jacobian(residual, pose, r, dofs, steps, level.warp_dofs), True
             pose, r, cost, improved, damping, jac, delta = _damped_step(residual, pose, r, cost, jac, dofs, damping,
                                                                          level.broyden)
             log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
@@ -178,7 +223,7 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
         last = index == len(levels) - 1
         if not fresh and (level.broyden or last) and not (cancel is not None and cancel()):
             # a fresh Jacobian for the covariance (and, after Broyden updates, one last step on it)
-            jac = _jacobian(residual, pose, r, dofs, steps)
+            jac = _jacobian(residual, pose, r, dofs, steps)  # rendered: an exact Jacobian for the last step
             if level.broyden:
                 pose, r, cost, _, _, _, _ = _damped_step(residual, pose, r, cost, jac, dofs, 1e-3, False)
                 log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
