@@ -104,24 +104,25 @@ class _Residual:
         return torch.cat(out) / np.sqrt(len(out))
 
     def __call__(self, pose: RigidPose) -> torch.Tensor:
-        matrix = pose.matrix(self.centre)
+        return self.target - self._features(self._render(pose.matrix(self.centre)))
+
+    def _render(self, matrix: np.ndarray) -> torch.Tensor:
         moving = render_matrix(self.level.ct, self.level.fixed.carm, matrix)
         if len(self._images) >= 16:
             self._images.pop(next(iter(self._images)))
         self._images[matrix.tobytes()] = moving
-        return self.target - self._features(moving)
+        return moving
 
     def warped(self, pose: RigidPose, delta: np.ndarray) -> torch.Tensor:
         """The residual at ``pose.moved(delta)`` approximated without rendering: the image rendered at ``pose``
         warped by the affine in-plane motion that best fits the body points' projections (exact for a rigid motion
-        of a flat object parallel to the detector; for tx, ty and rz the depth spread of the body only scales the
-        motion by a few percent, well within what a Gauss-Newton step tolerates)."""
+        of a flat object parallel to the detector; for tx, ty, tz and rz the depth spread of the body only scales
+        the motion by a few percent, well within what a Gauss-Newton step tolerates)."""
         carm = self.level.fixed.carm
         matrix = pose.matrix(self.centre)
         moving = self._images.get(matrix.tobytes())
         if moving is None:
-            moving = render_matrix(self.level.ct, carm, matrix)
-            self._images[matrix.tobytes()] = moving
+            moving = self._render(matrix)
         if self.points_ras is None:
             return self(pose.moved(delta))
         moved = pose.moved(delta).matrix(self.centre)
@@ -211,7 +212,8 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
             if cancel is not None and cancel():
                 break
             if jac is None or not level.broyden:
-                jac, fresh = _jacobian(residual, pose, r, dofs, steps, level.warp_dofs), True
+                # "fresh": a rendered Jacobian at the current pose, good for the covariance as it is
+                jac, fresh = _jacobian(residual, pose, r, dofs, steps, level.warp_dofs), not level.warp_dofs
             pose, r, cost, improved, damping, jac, delta = _damped_step(residual, pose, r, cost, jac, dofs, damping,
                                                                          level.broyden)
             log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
