@@ -86,6 +86,7 @@ class _Residual:
         self.points_ras = None if tissue is None else ct.geometry.index_to_ras(
             tissue[:: max(1, len(tissue) // WARP_POINTS)])
         self._images = {}  # the images rendered at the last few poses, by pose matrix
+        self._pixels = None  # (H, W, 3) homogeneous (row, col, 1) of the detector, for warps
 
     def _features(self, image: torch.Tensor) -> torch.Tensor:
         image = _smooth(image, self.level.sigma_px)
@@ -118,21 +119,23 @@ class _Residual:
         warped by the affine in-plane motion that best fits the body points' projections (exact for a rigid motion
         of a flat object parallel to the detector; for tx, ty, tz and rz the depth spread of the body only scales
         the motion by a few percent, well within what a Gauss-Newton step tolerates)."""
+        if self.points_ras is None:
+            return self(pose.moved(delta))
         carm = self.level.fixed.carm
         matrix = pose.matrix(self.centre)
         moving = self._images.get(matrix.tobytes())
         if moving is None:
             moving = self._render(matrix)
-        if self.points_ras is None:
-            return self(pose.moved(delta))
+        if self._pixels is None:
+            rows, cols = np.mgrid[0:carm.height, 0:carm.width].astype(np.float64)
+            self._pixels = np.stack([rows, cols, np.ones_like(rows)], axis=-1)
         moved = pose.moved(delta).matrix(self.centre)
         before = np.stack(detector_pixels(self.points_ras @ matrix[:3, :3].T + matrix[:3, 3], carm), axis=1)
         after = np.stack(detector_pixels(self.points_ras @ moved[:3, :3].T + moved[:3, 3], carm), axis=1)
         design = np.c_[before, np.ones(len(before))]
         affine = np.linalg.lstsq(design, after - before, rcond=None)[0]  # (3, 2): (row, col, 1) -> displacement
-        rows, cols = np.mgrid[0:carm.height, 0:carm.width].astype(np.float64)
-        shift = np.stack([rows, cols, np.ones_like(rows)], axis=-1) @ affine  # (H, W, 2) row, col displacement
-        source_rows, source_cols = rows - shift[..., 0], cols - shift[..., 1]  # where each pixel's content was
+        source = self._pixels[..., :2] - self._pixels @ affine  # where each pixel's (row, col) content was
+        source_rows, source_cols = source[..., 0], source[..., 1]
         grid = np.stack([2 * source_cols / max(carm.width - 1, 1) - 1, 2 * source_rows / max(carm.height - 1, 1) - 1],
                         axis=-1)
         image = F.grid_sample(moving[None, None], torch.as_tensor(grid, dtype=torch.float32)[None], mode="bilinear",
