@@ -3,7 +3,9 @@
 ``fluoroscopy_like``: line integrals -> detected quanta (Poisson, ``photons`` per pixel unattenuated) -> log ->
 blur -> display gamma / contrast / offset -> collimation (circular image intensifier or rectangular shutters) and
 a truncated field of view; the result is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
-``augment_ct``: HU scale and offset, noise, a random crop and a smooth random deformation.
+``augment_ct``: HU scale and offset, noise, a random crop and a smooth random deformation; optionally the air
+inside the body (lungs, bowel gas) filled with soft tissue (``fill_air``), so that one chest CT also yields
+abdomen-like anatomy: spine, ribs and soft tissue without the lungs' contrast.
 """
 from __future__ import annotations
 
@@ -56,12 +58,33 @@ def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, stren
     return image.astype(np.float32), mask
 
 
-def augment_ct(volume: Volume, rng: np.random.Generator, crop: float = 0.15, deform_mm: float = 6.0) -> Volume:
-    """A randomly altered copy of a HU volume (the input is not modified)."""
+def fill_internal_air(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a HU array (k, j, i) whose air enclosed by the body in each axial slice (lungs, bowel gas) is
+    replaced by soft tissue (a random level in -80..60 HU with smooth texture); air outside the body is kept."""
+    body = hu > -500
+    enclosed = np.zeros_like(body)
+    for k in range(hu.shape[0]):
+        enclosed[k] = ndimage.binary_fill_holes(body[k]) & ~body[k]
+    texture = ndimage.gaussian_filter(rng.normal(0, 40, hu.shape).astype(np.float32), 2.0)
+    return np.where(enclosed, rng.uniform(-80, 60) + texture, hu).astype(np.float32)
+
+
+def augment_ct(volume: Volume, rng: np.random.Generator, crop: float = 0.15, deform_mm: float = 6.0,
+               fill_air: float = 0.0, short_scan: float = 0.0) -> Volume:
+    """A randomly altered copy of a HU volume (the input is not modified). ``fill_air``: the probability that
+    the air inside the body is filled with soft tissue (:func:`fill_internal_air`); ``short_scan``: the probability
+    that only a block of 45-85% of the slices is kept (a scan covering one region, e.g. the liver: the body then
+    ends inside the frame)."""
     hu = volume.array.astype(np.float32)
+    if fill_air > 0 and rng.uniform() < fill_air:
+        hu = fill_internal_air(hu, rng)
     shape = np.array(hu.shape)
     lo = (rng.uniform(0, crop, 3) * shape).astype(int)
     hi = shape - (rng.uniform(0, crop, 3) * shape).astype(int)
+    if short_scan > 0 and rng.uniform() < short_scan:
+        keep = int(rng.uniform(0.45, 0.85) * shape[0])
+        lo[0] = int(rng.integers(0, shape[0] - keep + 1))
+        hi[0] = lo[0] + keep
     hu = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     origin = volume.geometry.index_to_lps(np.array([lo[2], lo[1], lo[0]], float))
     geometry = Geometry(volume.geometry.spacing_mm, origin, volume.geometry.direction_lps)

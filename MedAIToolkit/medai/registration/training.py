@@ -31,7 +31,7 @@ from ..drr.geometry import CArmGeometry, Pose
 from ..drr.renderer import PreparedCT, prepare_ct, render_matrix
 from ..errors import MedAIInputError
 from ..io import Volume, resample_volume
-from .agent import Agent, AgentSettings, run_agent
+from .agent import Agent, AgentSettings, revisits, run_agent
 from .augment import augment_ct, fluoroscopy_like
 from .environment import Environment, FixedImage, render_views, state_from_views
 from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
@@ -62,6 +62,8 @@ class TrainingConfig:
     fluoro_strength: float = 1.0
     ct_augment: bool = True
     ct_variants: int = 4  # augmented copies per training CT kept at once
+    fill_air: float = 0.0  # probability that a copy's lungs / bowel gas are filled with soft tissue (abdomen-like)
+    short_scan: float = 0.0  # probability that a copy keeps only 45-85% of its slices (one region's scan)
     ct_refresh_every: int = 150  # iterations between replacing one augmented copy
     validate_every: int = 250
     validation_cases: int = 16
@@ -131,14 +133,15 @@ class _Episode:
 _RESAMPLED: dict = {}
 
 
-def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str):
+def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str, config: TrainingConfig | None = None):
     key = (id(volume), spacing)
     if key not in _RESAMPLED:  # resample each CT once (the full-resolution resampling takes seconds)
         _RESAMPLED[key] = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(
             volume, (spacing,) * 3)
     base = _RESAMPLED[key]
     if augment:
-        base = augment_ct(base, rng)
+        base = augment_ct(base, rng, fill_air=config.fill_air if config else 0.0,
+                          short_scan=config.short_scan if config else 0.0)
     return prepare_ct(base, device=device), base.geometry.centre_ras(base.array.shape)
 
 
@@ -179,7 +182,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
 
     spacing = settings.ct_spacing_mm
     slots = [(v, n) for v in range(len(volumes)) for n in range(config.ct_variants if config.ct_augment else 1)]
-    prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device) for v, _ in slots]
+    prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device, config) for v, _ in slots]
     cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
     validation = (_validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
                   if ctx.main else [])
@@ -210,7 +213,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         epsilon = config.epsilon_start + (config.epsilon_end - config.epsilon_start) * fraction
         if config.ct_augment and iteration and iteration % config.ct_refresh_every == 0:
             slot = int(rng.integers(len(slots)))
-            cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device)
+            cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device, config)
             for episode in pool:
                 if episode.case.ct_index == slot:
                     episode.steps = config.episode_steps  # forces a reset on the new CT
@@ -256,11 +259,10 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         for row, index in enumerate(used):
             episode = pool[index]
             q = predicted[row]
-            key = np.round(np.concatenate([episode.pose.translation, episode.pose.rotation.ravel() * 100]), 2)
-            if any(np.allclose(key, k, atol=1e-3) for k in episode.visited) or q.max() <= 0:
+            if revisits(episode.pose, episode.visited, *settings.levels[episode.level]) or q.max() <= 0:
                 episode.level += 1
                 episode.visited = []
-            episode.visited.append(key)
+            episode.visited.append(episode.pose)
             episode.steps += 1
             if episode.level >= len(settings.levels) or episode.steps >= config.episode_steps:
                 finished.append(float(np.linalg.norm(episode.pose.error_to(episode.case.truth)[:3])))

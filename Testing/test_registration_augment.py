@@ -1,0 +1,65 @@
+"""CT augmentation for the agent's training (anatomy variants of one real CT) and the agent's oscillation rule."""
+import numpy as np
+import pytest
+
+from medai.drr import CArmGeometry, Pose, prepare_ct, render
+from medai.io import Volume, read_volume, resample_volume
+from medai.registration.agent import revisits
+from medai.registration.augment import augment_ct, fill_internal_air
+from medai.registration.poses import RigidPose, action_delta
+
+
+@pytest.fixture(scope="module")
+def chest_6mm(chest_ct_path):
+    return resample_volume(read_volume(str(chest_ct_path)), (6.0,) * 3)
+
+
+def test_filling_the_air_inside_the_body_removes_the_lungs_and_keeps_the_air_outside(chest_6mm):
+    hu = chest_6mm.array.astype(np.float32)
+    before = hu.copy()
+    filled = fill_internal_air(hu, np.random.default_rng(0))
+    assert np.array_equal(hu, before)  # the input is not modified
+    centre = tuple(n // 2 for n in hu.shape)
+    lungs = (hu < -500) & (filled != hu)
+    assert lungs.sum() > 0.05 * hu.size  # the lungs of a chest CT: a large share of the volume
+    assert np.all(filled[lungs] > -300)  # now soft tissue
+    assert filled[centre[0], 2, 2] == hu[centre[0], 2, 2] < -500  # air around the body (a corner) stays air
+    assert np.array_equal(filled[hu > -500], hu[hu > -500])  # tissue untouched
+
+    # physically: an AP DRR of the filled CT attenuates more, through the lungs, not outside the body
+    carm = CArmGeometry(1020, 750, 64, 64, 6.0, 6.0)
+    plain = render(prepare_ct(chest_6mm), carm, Pose())[0].numpy()
+    solid = render(prepare_ct(Volume(filled, chest_6mm.geometry, dict(chest_6mm.meta))), carm, Pose())[0].numpy()
+    assert np.all(solid >= plain - 1e-4)
+    assert (solid - plain).max() > 0.5  # tens of centimetres of lung (~0 attenuation) became soft tissue
+
+
+def test_a_short_scan_keeps_a_block_of_slices_at_its_physical_place(chest_6mm):
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        short = augment_ct(chest_6mm, rng, crop=0.0, deform_mm=0.0, short_scan=1.0)
+        kept = short.array.shape[0] / chest_6mm.array.shape[0]
+        assert 0.4 <= kept <= 0.86
+        assert short.array.shape[1:] == chest_6mm.array.shape[1:]
+        # the first kept slice sits where that slice was: a whole number of slices along the CT's own axis
+        offset_index = np.linalg.solve(chest_6mm.geometry.direction_lps * chest_6mm.geometry.spacing_mm,
+                                       short.geometry.origin_lps - chest_6mm.geometry.origin_lps)
+        assert np.allclose(offset_index[:2], 0, atol=1e-6)
+        assert abs(offset_index[2] - round(offset_index[2])) < 1e-6
+        k = int(round(offset_index[2]))
+        assert 0 <= k <= chest_6mm.array.shape[0] - short.array.shape[0]
+        body = chest_6mm.array[k:k + short.array.shape[0]] > -500
+        assert np.mean((short.array > -500) == body) > 0.97  # the same anatomy (HU scale and noise aside)
+
+
+def test_a_loop_of_non_commuting_steps_counts_as_a_revisit():
+    start = RigidPose.from_pose(Pose(rx=-10, rz=30))
+    pose, visited = start, []
+    for action in (6, 8, 7, 9):  # +rx, +ry, -rx, -ry: back near, not exactly to, the start
+        visited.append(pose)
+        pose = pose.moved(action_delta(action, 6.0, 3.0))
+    assert not np.allclose(pose.rotation, start.rotation, atol=1e-4)
+    assert revisits(pose, visited, 6.0, 3.0)
+    assert not revisits(start.moved(action_delta(0, 6.0, 3.0)), [start], 6.0, 3.0)  # one step away: new
+    assert not revisits(start.moved(action_delta(10, 6.0, 3.0)), [start], 6.0, 3.0)
+    assert not revisits(start, [], 6.0, 3.0)
