@@ -109,8 +109,8 @@ def main(argv=None) -> int:
                                 "sid_mm": list(config.sid_mm), "fov_mm": list(config.fov_mm)},
                 "command": command}
         if args.init:  # a fine-tune: keep the lineage (the starting agent's training and command)
-            base = Agent.load(args.init).card
-            card["training"]["initialised_from"] = {k: base[k] for k in ("sha256", "training", "command") if k in base}
+            card["training"]["initialised_from"] = {k: agent.card[k] for k in ("sha256", "training", "command")
+                                                    if k in agent.card}
         previous = models_dir() / f"{SHIPPED_AGENT}.json"
         if previous.exists():  # keep benchmark results and calibration until the benchmark re-runs
             old = json.loads(previous.read_text())

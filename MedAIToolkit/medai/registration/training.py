@@ -133,15 +133,14 @@ class _Episode:
 _RESAMPLED: dict = {}
 
 
-def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str, config: TrainingConfig | None = None):
+def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str, **augment_options):
     key = (id(volume), spacing)
     if key not in _RESAMPLED:  # resample each CT once (the full-resolution resampling takes seconds)
         _RESAMPLED[key] = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(
             volume, (spacing,) * 3)
     base = _RESAMPLED[key]
     if augment:
-        base = augment_ct(base, rng, fill_air=config.fill_air if config else 0.0,
-                          short_scan=config.short_scan if config else 0.0)
+        base = augment_ct(base, rng, **augment_options)
     return prepare_ct(base, device=device), base.geometry.centre_ras(base.array.shape)
 
 
@@ -182,7 +181,8 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
 
     spacing = settings.ct_spacing_mm
     slots = [(v, n) for v in range(len(volumes)) for n in range(config.ct_variants if config.ct_augment else 1)]
-    prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device, config) for v, _ in slots]
+    ct_options = {"fill_air": config.fill_air, "short_scan": config.short_scan}
+    prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device, **ct_options) for v, _ in slots]
     cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
     validation = (_validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
                   if ctx.main else [])
@@ -213,7 +213,8 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         epsilon = config.epsilon_start + (config.epsilon_end - config.epsilon_start) * fraction
         if config.ct_augment and iteration and iteration % config.ct_refresh_every == 0:
             slot = int(rng.integers(len(slots)))
-            cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device, config)
+            cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device,
+                                                **ct_options)
             for episode in pool:
                 if episode.case.ct_index == slot:
                     episode.steps = config.episode_steps  # forces a reset on the new CT
