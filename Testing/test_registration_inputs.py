@@ -136,3 +136,15 @@ def test_full_chest_lao_40_renders(chest_ct_path, tmp_path, capsys):
     refuse(capsys, ["drr", "--ct", str(chest_ct_path), "--out", str(tmp_path / "bad.npy"), "--size", "128", "128",
                     "--pixel-spacing", "3.2", "--sdd", "1020", "--sid", "750", "--pose", "0", "0", "200", "0", "0",
                     "-40"], "between the X-ray source and the detector")
+
+
+def test_fine_tuned_agent_records_its_settings_and_registers(case, capsys, tmp_path):
+    agent_path = tmp_path / "patient-agent.pt"
+    assert main(["train-agent", "--ct", case["ct"], "--out", str(agent_path), "--iterations", "2",
+                 "--no-ct-augment", "--lr", "1e-3"]) == 0
+    card = json.loads(agent_path.with_suffix(".json").read_text())
+    assert card["ct_augment"] is False and card["lr"] == 1e-3 and card["fine_tuned_on"] == case["ct"]
+    out = tmp_path / "result.json"
+    assert main(["register", "--ct", case["ct"], "--frame", case["frame"], *INIT, *GEOMETRY, "--out", str(out),
+                 "--agent", str(agent_path), "--no-refine"]) == 0
+    assert json.loads(out.read_text())["agent"] == str(agent_path)

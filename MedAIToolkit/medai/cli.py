@@ -158,11 +158,13 @@ def _cmd_train_agent(args) -> int:
     torch.set_num_threads(args.threads)
     base = Agent.load(args.agent)
     config = TrainingConfig(iterations=args.iterations, minutes=args.minutes, seed=args.seed, device=args.device,
-                            lr=args.lr, epsilon_start=0.3, validate_every=0, settings=base.settings.to_dict())
+                            lr=args.lr, epsilon_start=0.3, validate_every=0, ct_augment=args.ct_augment,
+                            settings=base.settings.to_dict())
     work = args.work_dir or (args.out + ".run")
     agent = train_agent([_load_ct(args.ct, None)], work, config, agent=base, resume=args.resume)
     card = {"description": "patient-specific fine-tune of the registration agent", "fine_tuned_on": args.ct,
-            "base_agent": args.agent or "shipped", "minutes": args.minutes,
+            "base_agent": args.agent or "shipped", "minutes": args.minutes, "lr": args.lr,
+            "ct_augment": args.ct_augment,
             "confidence": base.card.get("confidence")}
     path = agent.save(args.out, {k: v for k, v in card.items() if v is not None})
     print(f"medai train-agent: wrote {path} (+ card {path.with_suffix('.json').name})")
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, default=100000, help="upper bound on iterations")
     train.add_argument("--agent", help="agent to start from (default: the shipped generic agent)")
     train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--ct-augment", action=argparse.BooleanOptionalAction, default=True,
+                       help="train on augmented copies of the CT (crop, deformation, HU scale; default) or on the CT as is")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--work-dir", help="checkpoints and metrics (default: OUT.run)")
     train.add_argument("--resume", action="store_true")
