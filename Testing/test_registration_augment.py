@@ -1,11 +1,12 @@
-"""CT augmentation for the agent's training (anatomy variants of one real CT) and the agent's oscillation rule."""
+"""CT augmentation for the agent's training (anatomy variants of one real CT), the simulated fluoroscopy dose, and the
+agent's oscillation rule."""
 import numpy as np
 import pytest
 
 from medai.drr import CArmGeometry, Pose, prepare_ct, render
 from medai.io import Volume, read_volume, resample_volume
 from medai.registration.agent import revisits
-from medai.registration.augment import augment_ct, fill_internal_air
+from medai.registration.augment import AEC_DOSE_LOG10, augment_ct, fill_internal_air, fluoroscopy_like, tube_output
 from medai.registration.poses import RigidPose, action_delta
 
 
@@ -63,3 +64,35 @@ def test_a_loop_of_non_commuting_steps_counts_as_a_revisit():
     assert not revisits(start.moved(action_delta(0, 6.0, 3.0)), [start], 6.0, 3.0)  # one step away: new
     assert not revisits(start.moved(action_delta(10, 6.0, 3.0)), [start], 6.0, 3.0)
     assert not revisits(start, [], 6.0, 3.0)
+
+
+def test_automatic_exposure_control_keeps_the_detected_quanta_whatever_the_body_attenuates(chest_6mm):
+    """A fixed tube output leaves a thicker body's frame with e^-(extra attenuation) of the quanta; AEC raises the
+    output so the central field's median pixel gets the same quanta (within its dose range) for both."""
+    carm = CArmGeometry(1000, 700, 96, 96, 3.5, 3.5)
+    chest = render(prepare_ct(chest_6mm), carm, Pose())[0].numpy().astype(np.float64)
+    thicker = chest * 1.4  # e.g. an abdomen: 40% more attenuation along every ray
+    centre = (slice(24, 72), slice(24, 72))
+
+    def detected(line_integrals, level, dose):
+        return tube_output(line_integrals, level, dose) * np.median(np.exp(-line_integrals[centre]))
+
+    extra = np.median(np.exp(-chest[centre])) / np.median(np.exp(-thicker[centre]))
+    assert extra > 3  # the real chest attenuates enough for the difference to matter
+    for level in (2.5, 3.5, 4.5):
+        assert detected(chest, level, "fixed") / detected(thicker, level, "fixed") == pytest.approx(extra, rel=1e-6)
+        aec = detected(chest, level, "aec"), detected(thicker, level, "aec")
+        assert aec[0] == pytest.approx(aec[1], rel=1e-6)
+        assert 10 ** AEC_DOSE_LOG10[0] * 0.999 <= aec[0] <= 10 ** AEC_DOSE_LOG10[1] * 1.001
+    # and in the frames: the contrast-to-noise ratio of a thick two-tissue object is far higher under AEC
+    thick = np.full((96, 96), 5.0)
+    thick[:, 48:] = 6.0
+
+    def cnr(dose, seed):
+        image, _ = fluoroscopy_like(thick, np.random.default_rng(seed), collimate=False, dose=dose)
+        left, right = image[8:-8, 8:40], image[8:-8, 56:-8]
+        return abs(right.mean() - left.mean()) / np.sqrt(0.5 * (left.var() + right.var()))
+
+    assert np.mean([cnr("aec", s) for s in range(6)]) > 2 * np.mean([cnr("fixed", s) for s in range(6)])
+    with pytest.raises(ValueError, match="dose"):
+        tube_output(chest, 3.0, "manual")

@@ -7,7 +7,9 @@ Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with 
 a 200-420 mm detector of 192-320 pixels (0.6-2.2 mm pixels); a view within LAO/RAO +/-45 and CRA/CAU +/-25 deg;
 the true pose is that nominal view off by up to 20 mm / 10 deg in every parameter; the initial pose is the
 nominal view. Frames are DRRs of the FULL-resolution CT degraded like fluoroscopy (quantum noise, blur, gamma,
-contrast, collimation / truncated field). mTRE: mean 3D error over 4096 body points (> -300 HU).
+contrast, collimation / truncated field); quantum noise at a fixed tube output (the default and the record: the
+abdomen's frames get ~5x fewer quanta than the chest's at the median body pixel) or, with ``--dose aec``, under
+automatic exposure control as on a real C-arm (same poses and C-arms; section labels say "AEC dose"). mTRE: mean 3D error over 4096 body points (> -300 HU).
 Per method: success (< 10, < 2, < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT
 preparation excluded and printed apart) and peak memory (each method in its own process).
 ``--calibrate`` first fits the confidence model on separate cases (seed 777) and writes it into the agent card.
@@ -46,8 +48,11 @@ def _load(name):
     return read_volume(name)
 
 
-def make_cases(ct_name: str, n: int, seed: int):
-    """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT."""
+def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed"):
+    """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT; ``dose``:
+    the frames' quantum noise at a fixed tube output or under automatic exposure control
+    (:func:`medai.registration.augment.fluoroscopy_like`). Either way the seed gives the same poses and C-arms: the
+    AEC frame is degraded from the generator's state before the fixed-dose frame, which keeps the sequence."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.errors import MedAIInputError
     from medai.registration.augment import fluoroscopy_like
@@ -69,7 +74,12 @@ def make_cases(ct_name: str, n: int, seed: int):
             line_integrals = render(full, carm, truth)[0].numpy()
         except MedAIInputError:
             continue
+        state = rng.bit_generator.state
         image, _ = fluoroscopy_like(line_integrals, rng)
+        if dose != "fixed":
+            replay = np.random.default_rng()
+            replay.bit_generator.state = state
+            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose)
         cases.append({"image": image, "carm": carm.to_dict(), "truth": truth.as_array(), "init": nominal.as_array(),
                       "view": (primary, secondary)})
     return cases
@@ -233,7 +243,12 @@ def main(argv=None) -> int:
     parser.add_argument("--unseen-agent", help="also evaluate the IRCAD cases with this agent, trained without IRCAD")
     parser.add_argument("--json", help="write all numbers here")
     parser.add_argument("--write-card", action="store_true", help="store the results in the agent card's held_out")
+    parser.add_argument("--dose", choices=("fixed", "aec"), default="fixed",
+                        help="the frames' quantum noise: fixed tube output (the record) or automatic exposure control")
     args = parser.parse_args(argv)
+    if (args.write_card or args.calibrate) and args.dose != "fixed":
+        parser.error("--write-card and --calibrate record the fixed-dose benchmark; run --dose aec without them")
+    tag = " (AEC dose)" if args.dose == "aec" else ""
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
@@ -244,16 +259,16 @@ def main(argv=None) -> int:
         _update_card(args.agent, confidence=model)
         print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
     t0 = time.time()
-    cases = make_cases("chest", args.cases, TEST_SEED)
+    cases = make_cases("chest", args.cases, TEST_SEED, args.dose)
     print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
-    all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT"))
+    all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag))
     if args.ircad_cases:
-        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1)
+        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose)
         seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"
-        all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen})"))
+        all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen}){tag}"))
         if args.unseen_agent:  # how an agent does on a CT it never saw, when the generic one trained on IRCAD
             all_results.update(evaluate("ircad-1.17", ircad, args.unseen_agent, 0,
-                                        "IRCAD CT (chest-only agent, never saw this CT)"))
+                                        "IRCAD CT (chest-only agent, never saw this CT)" + tag))
         if args.finetune_minutes:
             import subprocess
             import tempfile
@@ -265,14 +280,14 @@ def main(argv=None) -> int:
                        "--minutes", str(args.finetune_minutes)] + (["--agent", args.agent] if args.agent else [])
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             all_results.update(evaluate("ircad-1.17", ircad, agent_path, 0,
-                                        f"IRCAD CT (fine-tuned {args.finetune_minutes:g} min)"))
+                                        f"IRCAD CT (fine-tuned {args.finetune_minutes:g} min){tag}"))
     print_table("2D/3D registration (mTRE over body points; seconds per case, CT preparation excluded)", all_results)
     for name, r in all_results.items():
         if "confidence_auc" in r:
             print(f"{name}: confidence ROC AUC (within 2 mm vs not) {r['confidence_auc']:.3f} (final similarity alone "
                   f"{r['similarity_auc']:.3f}; within 10 mm vs not {r['confidence_auc_10mm']:.3f}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}")
-    chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith("chest CT: ")}
+    chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
     if "classical NCC + Powell" in chest:
         ours = chest["agent + refinement (baseline subset)"]
         for name in (name for _, name in BASELINES if name in chest):

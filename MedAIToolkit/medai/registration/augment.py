@@ -1,8 +1,12 @@
 """Simulated fluoroscopy (frames from DRRs) and CT augmentation, for training and benchmarks.
 
-``fluoroscopy_like``: line integrals -> detected quanta (Poisson, ``photons`` per pixel unattenuated) -> log ->
-blur -> display gamma / contrast / offset -> collimation (circular image intensifier or rectangular shutters) and
-a truncated field of view; the result is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
+``fluoroscopy_like``: line integrals -> detected quanta (Poisson) -> log -> blur -> display gamma / contrast /
+offset -> collimation (circular image intensifier or rectangular shutters) and a truncated field of view; the result is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
+Dose: ``"fixed"`` tube output (10^2.5-10^4.5 quanta per pixel unattenuated, whatever the anatomy: behind an abdomen
+that leaves 1-140 quanta per pixel, behind a chest 7-700, at the median body pixel), or ``"aec"``: automatic exposure
+control, as every fluoroscopy C-arm has, sets the tube output so that the central measuring field (the middle half of
+the detector) receives 10^1.65-10^3.2 quanta per pixel at its median: 10-40 nGy per frame at a flat panel, ~30 quanta
+per mm^2 per nGy (IEC RQA5 beam), 0.5-1.5 mm pixels, a detector efficiency of ~0.6.
 ``augment_ct``: HU scale and offset, noise, a random crop and a smooth random deformation; optionally the air
 inside the body (lungs, bowel gas) filled with soft tissue (``fill_air``), so that one chest CT also yields
 abdomen-like anatomy: spine, ribs and soft tissue without the lungs' contrast.
@@ -16,15 +20,37 @@ from ..geometry import Geometry
 from ..io import Volume
 
 
+FIXED_DOSE_LOG10 = (2.5, 4.5)
+"""Quanta per pixel, unattenuated (log10 range), at a fixed tube output."""
+AEC_DOSE_LOG10 = (1.65, 3.2)
+"""Quanta per pixel at the median of the central measuring field (log10 range) under automatic exposure control."""
+
+
+def tube_output(line_integrals: np.ndarray, level: float, dose: str = "fixed") -> float:
+    """Quanta per pixel before the body for a dose ``level`` drawn in :data:`FIXED_DOSE_LOG10`: ``10 ** level``, or,
+    under automatic exposure control, the same place in :data:`AEC_DOSE_LOG10` for the median pixel of the central
+    measuring field (the middle half of the detector), whatever the body attenuates."""
+    if dose == "fixed":
+        return 10 ** level
+    if dose != "aec":
+        raise ValueError(f"dose must be 'fixed' or 'aec', not {dose!r}")
+    share = (level - FIXED_DOSE_LOG10[0]) / (FIXED_DOSE_LOG10[1] - FIXED_DOSE_LOG10[0])
+    height, width = line_integrals.shape
+    centre = line_integrals[height // 4: height - height // 4, width // 4: width - width // 4]
+    transmission = max(float(np.median(np.exp(-np.clip(centre, 0, 30)))), 1e-9)
+    return 10 ** (AEC_DOSE_LOG10[0] + share * (AEC_DOSE_LOG10[1] - AEC_DOSE_LOG10[0])) / transmission
+
+
 def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
-                     collimate: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(image, field mask) of a degraded frame from DRR line integrals (H, W). ``strength`` 0 returns the DRR."""
+                     collimate: bool = True, dose: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
+    """(image, field mask) of a degraded frame from DRR line integrals (H, W). ``strength`` 0 returns the DRR.
+    ``dose``: "fixed" tube output or "aec" (see the module docstring)."""
     image = np.asarray(line_integrals, dtype=np.float64)
     height, width = image.shape
     mask = np.ones(image.shape, bool)
     if strength <= 0:
         return image.astype(np.float32), mask
-    photons = 10 ** rng.uniform(2.5, 4.5) / strength
+    photons = tube_output(image, rng.uniform(*FIXED_DOSE_LOG10), dose) / strength
     quanta = rng.poisson(photons * np.exp(-np.clip(image, 0, 30))).astype(np.float64)
     image = -np.log(np.maximum(quanta, 0.5) / photons)
     sigma = rng.uniform(0.0, 1.5 * strength) * max(height, width) / 128
