@@ -291,7 +291,9 @@ class RegistrationOutcome:
     @property
     def summary(self) -> str:
         r = self.result
-        text = (f"{r.steps} agent steps ({r.stop_reason}){', refined' if r.refined else ''} in {r.seconds:.1f} s; "
+        refined = (", refined" + (" from the initial pose (the agent's result matched worse)"
+                                  if r.refined_from != "agent" else "")) if r.refined else ""
+        text = (f"{r.steps} agent steps ({r.stop_reason}){refined} in {r.seconds:.1f} s; "
                 f"similarity {r.similarity:.3f}; confidence {self.confidence:.0%} (estimated probability of an "
                 f"error within 2 mm)"
                 + (f"; uncertainty {r.uncertainty_mm:.1f} mm (RMS over the body, from the image match's curvature)"

@@ -1,4 +1,6 @@
-"""Register a fluoroscopy frame to a CT: the agent, then (optionally) intensity-based refinement.
+"""Register a fluoroscopy frame to a CT: the agent, then (optionally) intensity-based refinement; when the refined
+result is doubtful (confidence below :data:`SECOND_START_CONFIDENCE`), a second refinement from the initial pose,
+and the better match of the two is kept.
 
 ``Registrar(volume, agent)`` prepares the CT once (attenuation volumes at the agent's and the refinement's
 resolutions); ``register(frame, init_pose)`` is then the per-frame work whose time is reported.
@@ -36,6 +38,10 @@ DEFAULT_CONFIDENCE = {"features": ["log_uncertainty_mm"], "coef": [-3.0], "inter
                       "calibrated_on": "default (uncalibrated) coefficients"}
 """An agent card without a calibrated model: 50% at 0.7 mm predicted uncertainty (bench_registration --calibrate
 fits the card's own)."""
+SECOND_START_CONFIDENCE = 0.5
+"""Below this confidence the refinement also starts from the initial pose, and the result with the higher final
+similarity is kept (``refined_from``): on a CT it never trained on, the agent can lead the refinement away from a
+pose the refinement alone would have found."""
 UNKNOWN_UNCERTAINTY_MM = 1e3
 """The ``log_uncertainty_mm`` feature's cap, and its value when there is no estimate (not refined)."""
 
@@ -58,6 +64,7 @@ class RegistrationResult:
     stop_reason: str
     timings: dict = field(default_factory=dict)
     features: dict = field(default_factory=dict)
+    refined_from: str = "agent"  # where the kept refinement started: "agent" or "initial pose" (second start)
 
     @property
     def uncertainty_mm(self) -> float | None:
@@ -75,7 +82,8 @@ class RegistrationResult:
                 "seconds": round(self.seconds, 4), "similarity": round(self.similarity, 6),
                 "agent_similarity": round(self.agent_similarity, 6), "confidence": round(self.confidence, 4),
                 "uncertainty_mm": self.uncertainty_mm,
-                "mode": self.mode, "refined": self.refined, "stop_reason": self.stop_reason,
+                "mode": self.mode, "refined": self.refined, "refined_from": self.refined_from,
+                "stop_reason": self.stop_reason,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
                 "features": {k: round(v, 6) for k, v in self.features.items()},
                 "pose_convention": "tx ty tz (mm, C-arm frame) rx ry rz (deg about the CT centre); matrix: RAS -> "
@@ -127,7 +135,8 @@ class Registrar:
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
         pose, similarity, refine_log, uncertainty = agent_pose, agent_similarity, [], UNKNOWN_UNCERTAINTY_MM
-        if refine_result and not trajectory.stop_reason == "cancelled":
+        refining = refine_result and trajectory.stop_reason != "cancelled"
+        if refining:
             levels = []
             for level in REFINE_LEVELS:
                 ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
@@ -138,18 +147,30 @@ class Registrar:
             refined = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             pose, similarity, refine_log = refined.pose, refined.similarity, refined.log
             uncertainty = uncertainty_mm(refined.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
-        end = time.perf_counter()
-        shift = pose_distance(pose.error_to(agent_pose))
-        features = {"similarity": float(similarity), "agent_similarity": float(agent_similarity),
-                    "refine_shift_mm": float(shift),
-                    "log_uncertainty_mm": float(np.log(min(uncertainty, UNKNOWN_UNCERTAINTY_MM)))}
+        features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
         confidence = confidence_from(features, self.agent.card.get("confidence"))
+        refined_from = "agent"
+        if (refining and confidence < SECOND_START_CONFIDENCE and not (cancel is not None and cancel())
+                and pose_distance(init.error_to(agent_pose)) > 1.0):
+            second = refine(levels, init, self.centre_ras, mode, cancel)
+            if second.similarity > similarity and not (cancel is not None and cancel()):
+                pose, similarity, refine_log, refined_from = second.pose, second.similarity, second.log, "initial pose"
+                uncertainty = uncertainty_mm(second.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
+                features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
+                confidence = confidence_from(features, self.agent.card.get("confidence"))
+        end = time.perf_counter()
         return RegistrationResult(
             pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
-             "refine_iterations": float(len(refine_log))}, features)
+             "refine_iterations": float(len(refine_log))}, features, refined_from)
+
+    @staticmethod
+    def _features(similarity, agent_similarity, pose: RigidPose, agent_pose: RigidPose, uncertainty: float) -> dict:
+        return {"similarity": float(similarity), "agent_similarity": float(agent_similarity),
+                "refine_shift_mm": float(pose_distance(pose.error_to(agent_pose))),
+                "log_uncertainty_mm": float(np.log(min(uncertainty, UNKNOWN_UNCERTAINTY_MM)))}
 
 
 def _resampled(volume: Volume, spacing_mm: float) -> Volume:

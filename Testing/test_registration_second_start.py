@@ -1,0 +1,54 @@
+"""A doubtful result gets a second refinement from the initial pose: when the agent leads the refinement astray (as
+on a CT it never trained on), the registration still finds the pose, keeps the agent's own result apart, and says
+where the kept refinement started."""
+import numpy as np
+import pytest
+import torch
+
+from medai.drr import CArmGeometry, Pose, prepare_ct, render
+from medai.io import read_volume
+from medai.registration import Registrar, RigidPose, frame_from_array, mtre_of
+from medai.registration import pipeline
+from medai.registration.agent import Trajectory
+from medai.samples import sample_path
+
+CARM = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
+TRUTH = Pose.from_array((8.0, -6.0, 5.0, 3.0, -2.0, -20.0))
+INIT = Pose.from_array((18.0, -12.0, -5.0, 0.0, 0.0, -15.0))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ct = read_volume(str(sample_path("ct_abdomen")))
+    with torch.inference_mode():
+        image = render(prepare_ct(ct), CARM, TRUTH)[0].numpy()
+    registrar = Registrar(ct)
+    return registrar, frame_from_array(image, CARM), TRUTH.matrix(registrar.centre_ras)
+
+
+def test_a_misled_agent_is_overruled_by_a_second_start_from_the_initial_pose(setup, monkeypatch):
+    registrar, frame, truth = setup
+    astray = RigidPose.from_pose(INIT).moved(np.array([45.0, -40.0, 0.0, 0.0, 0.0, 14.0]))
+
+    def misled_agent(agent, env, init, mode="2d3d", max_steps=None, cancel=None, on_step=None):
+        trajectory = Trajectory(poses=[init, astray], rows=[{"step": 0, "action": "+tx", "similarity": 0.0},
+                                                            {"step": 1, "action": "stop", "similarity": 0.0}],
+                                stop_reason="converged")
+        return astray, trajectory
+
+    monkeypatch.setattr(pipeline, "run_agent", misled_agent)
+    result = registrar.register(frame, INIT)
+    body = registrar.body_points_ras
+    assert mtre_of(result.agent_matrix, truth, body) > 30  # the agent's own result is reported as it was
+    assert result.refined_from == "initial pose"
+    assert mtre_of(result.matrix, truth, body) < 1.0
+    assert result.to_dict()["refined_from"] == "initial pose"
+    assert result.confidence > pipeline.SECOND_START_CONFIDENCE
+
+
+def test_a_confident_result_is_not_refined_twice(setup):
+    registrar, frame, truth = setup
+    result = registrar.register(frame, INIT)
+    assert result.confidence > pipeline.SECOND_START_CONFIDENCE
+    assert result.refined_from == "agent"
+    assert mtre_of(result.matrix, truth, registrar.body_points_ras) < 1.0
