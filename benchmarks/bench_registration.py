@@ -165,11 +165,12 @@ def summarise(rows, key="mtre", seconds_key="seconds") -> dict:
             "median_seconds": float(np.nanmedian([r[seconds_key] for r in rows]))}
 
 
-def roc_auc(scores, labels) -> float:
+def roc_auc(scores, labels) -> float | None:
+    """ROC AUC; None when one of the two groups is empty (e.g. no failure to separate)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     pos, neg = scores[labels], scores[~labels]
     if not len(pos) or not len(neg):
-        return float("nan")
+        return None
     return float((np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])) / (len(pos) * len(neg)))
 
 
@@ -289,8 +290,10 @@ def main(argv=None) -> int:
     print_table("2D/3D registration (mTRE over body points; seconds per case, CT preparation excluded)", all_results)
     for name, r in all_results.items():
         if "confidence_auc" in r:
-            print(f"{name}: confidence ROC AUC (within 2 mm vs not) {r['confidence_auc']:.3f} (final similarity alone "
-                  f"{r['similarity_auc']:.3f}; within 10 mm vs not {r['confidence_auc_10mm']:.3f}); CT preparation "
+            auc = {k: "undefined" if r[k] is None else f"{r[k]:.3f}"
+                   for k in ("confidence_auc", "similarity_auc", "confidence_auc_10mm")}
+            print(f"{name}: confidence ROC AUC (within 2 mm vs not) {auc['confidence_auc']} (final similarity alone "
+                  f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}")
     chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
     if "classical NCC + Powell" in chest:
