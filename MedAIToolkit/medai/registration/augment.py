@@ -1,7 +1,8 @@
 """Simulated fluoroscopy (frames from DRRs) and CT augmentation, for training and benchmarks.
 
 ``fluoroscopy_like``: line integrals -> detected quanta (Poisson) -> log -> blur -> display gamma / contrast /
-offset -> collimation (circular image intensifier or rectangular shutters) and a truncated field of view; the result is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
+offset -> collimation (circular image intensifier or rectangular shutters) and a truncated field of view; the result
+is "bright = attenuating" like :class:`medai.registration.frame.Frame`.
 Dose: ``"fixed"`` tube output (10^2.5-10^4.5 quanta per pixel unattenuated, whatever the anatomy: behind an abdomen
 that leaves 1-140 quanta per pixel, behind a chest 7-700, at the median body pixel), or ``"aec"``: automatic exposure
 control, as every fluoroscopy C-arm has, sets the tube output so that the central measuring field (the middle half of

@@ -146,7 +146,7 @@ class Registrar:
                                           warp_dofs=tuple(level.get("warp_dofs", ()))))
             refined = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             pose, similarity, refine_log = refined.pose, refined.similarity, refined.log
-            uncertainty = uncertainty_mm(refined.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
+            uncertainty = self._body_uncertainty(refined.covariance, pose)
         features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
         confidence = confidence_from(features, self.agent.card.get("confidence"))
         refined_from = "agent"
@@ -155,7 +155,7 @@ class Registrar:
             second = refine(levels, init, self.centre_ras, mode, cancel)
             if second.similarity > similarity and not (cancel is not None and cancel()):
                 pose, similarity, refine_log, refined_from = second.pose, second.similarity, second.log, "initial pose"
-                uncertainty = uncertainty_mm(second.covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
+                uncertainty = self._body_uncertainty(second.covariance, pose)
                 features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
                 confidence = confidence_from(features, self.agent.card.get("confidence"))
         end = time.perf_counter()
@@ -165,6 +165,10 @@ class Registrar:
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log))}, features, refined_from)
+
+    def _body_uncertainty(self, covariance: np.ndarray, pose: RigidPose) -> float:
+        """RMS error (mm) over the body's points that the pose covariance predicts."""
+        return uncertainty_mm(covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
 
     @staticmethod
     def _features(similarity, agent_similarity, pose: RigidPose, agent_pose: RigidPose, uncertainty: float) -> dict:
