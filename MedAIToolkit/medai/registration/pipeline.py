@@ -134,9 +134,9 @@ class Registrar:
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
-        pose, similarity, refine_log, uncertainty = agent_pose, agent_similarity, [], UNKNOWN_UNCERTAINTY_MM
-        refining = refine_result and trajectory.stop_reason != "cancelled"
-        if refining:
+        pose, similarity, refine_log, refined_from = agent_pose, agent_similarity, [], "agent"
+        features = self._features(agent_similarity, agent_similarity, agent_pose, agent_pose, UNKNOWN_UNCERTAINTY_MM)
+        if refine_result and trajectory.stop_reason != "cancelled":
             levels = []
             for level in REFINE_LEVELS:
                 ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
@@ -144,20 +144,16 @@ class Registrar:
                                           level.get("gradients", False), level["iterations"],
                                           broyden=level.get("broyden", False),
                                           warp_dofs=tuple(level.get("warp_dofs", ()))))
-            refined = refine(levels, agent_pose, self.centre_ras, mode, cancel)
-            pose, similarity, refine_log = refined.pose, refined.similarity, refined.log
-            uncertainty = self._body_uncertainty(refined.covariance, pose)
-        features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
-        confidence = confidence_from(features, self.agent.card.get("confidence"))
-        refined_from = "agent"
-        if (refining and confidence < SECOND_START_CONFIDENCE and not (cancel is not None and cancel())
-                and pose_distance(init.error_to(agent_pose)) > 1.0):
-            second = refine(levels, init, self.centre_ras, mode, cancel)
-            if second.similarity > similarity and not (cancel is not None and cancel()):
-                pose, similarity, refine_log, refined_from = second.pose, second.similarity, second.log, "initial pose"
-                uncertainty = self._body_uncertainty(second.covariance, pose)
-                features = self._features(similarity, agent_similarity, pose, agent_pose, uncertainty)
-                confidence = confidence_from(features, self.agent.card.get("confidence"))
+            kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
+            features = self._outcome_features(kept, agent_similarity, agent_pose)
+            if (self._confidence(features) < SECOND_START_CONFIDENCE and not (cancel is not None and cancel())
+                    and pose_distance(init.error_to(agent_pose)) > 1.0):
+                second = refine(levels, init, self.centre_ras, mode, cancel)
+                if second.similarity > kept.similarity and not (cancel is not None and cancel()):
+                    kept, refined_from = second, "initial pose"
+                    features = self._outcome_features(kept, agent_similarity, agent_pose)
+            pose, similarity, refine_log = kept.pose, kept.similarity, kept.log
+        confidence = self._confidence(features)
         end = time.perf_counter()
         return RegistrationResult(
             pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),
@@ -166,9 +162,15 @@ class Registrar:
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log))}, features, refined_from)
 
-    def _body_uncertainty(self, covariance: np.ndarray, pose: RigidPose) -> float:
-        """RMS error (mm) over the body's points that the pose covariance predicts."""
-        return uncertainty_mm(covariance, (self.body_points_ras - self.centre_ras) @ pose.rotation.T)
+    def _confidence(self, features: dict) -> float:
+        return confidence_from(features, self.agent.card.get("confidence"))
+
+    def _outcome_features(self, outcome, agent_similarity: float, agent_pose: RigidPose) -> dict:
+        """Features of a refinement outcome; its uncertainty is the RMS error over the body's points that the
+        outcome's pose covariance predicts."""
+        uncertainty = uncertainty_mm(outcome.covariance,
+                                     (self.body_points_ras - self.centre_ras) @ outcome.pose.rotation.T)
+        return self._features(outcome.similarity, agent_similarity, outcome.pose, agent_pose, uncertainty)
 
     @staticmethod
     def _features(similarity, agent_similarity, pose: RigidPose, agent_pose: RigidPose, uncertainty: float) -> dict:
