@@ -160,6 +160,37 @@ def test_ddp_training_with_gloo_and_two_processes(data_dir, tmp_path):
     assert len(rows) == 2 and rows[1].split(",")[3] != ""  # rank 0 validated and logged the epoch
 
 
+def test_a_comparison_run_is_added_to_the_card_without_touching_the_weights(tmp_path):
+    import json
+    import shutil
+
+    from train_diagnosis import add_to_card
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("pneumonia.json", "pneumonia.pt"):
+        shutil.copy(REPO / "Resources" / "Models" / name, models / name)
+    run, doc = tmp_path / "runs" / "pneumonia-budget-tiny", tmp_path / "README.md"
+    with pytest.raises(MedAIInputError, match="eval.json"):
+        add_to_card("pneumonia", [str(run)], folder=models, doc=doc)
+    (run / "eval").mkdir(parents=True)  # what train_diagnosis.py --evaluate leaves in a run
+    per_class = {"NORMAL": {"sensitivity": 0.75}, "PNEUMONIA": {"sensitivity": 0.9}}
+    (run / "eval" / "eval.json").write_text(json.dumps({
+        "network": {"name": "resnet10"}, "validation": {"accuracy": 0.8}, "tta_validation_nll": {"off": 0.4},
+        "accuracy": 0.81, "auc_macro": 0.9, "external": {"accuracy": 0.79, "auc_macro": 0.88, "per_class": per_class},
+        "parameters": 123}))
+    (run / "train_summary.json").write_text(json.dumps({"best": {"val_loss": 0.5, "train_losses": [1.0, 0.7]},
+                                                        "config": {}, "seconds": 60.0}))
+    before = json.loads((models / "pneumonia.json").read_text())
+    card = add_to_card("pneumonia", [str(run)], folder=models, doc=doc)
+    row = card["comparison"]["pneumonia-budget-tiny"]
+    assert (row["network"], row["external_min_sensitivity"], row["epochs_run"]) == ("resnet10", 0.75, 2)
+    assert card["comparison"] == {**before["comparison"], "pneumonia-budget-tiny": row}
+    assert {**card, "comparison": None} == {**before, "comparison": None}  # weights, checksum, numbers unchanged
+    assert json.loads((models / "pneumonia.json").read_text()) == card
+    assert "| pneumonia-budget-tiny | resnet10 |" in doc.read_text()
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_shipped_model_reproduces_its_card(data_dir, task):
     from medai.diagnosis.evaluation import evaluate_split

@@ -3,6 +3,7 @@
     python training/train_diagnosis.py --task pneumonia [--config training/configs/pneumonia.yaml]
         [--network compact|densenet121|resnet10] [--init CHECKPOINT] [--epochs N] [--out runs/pneumonia]
         [--resume] [--export] [--compare runs/a runs/b ...] [--optuna N]
+    python training/train_diagnosis.py --task covid --add-to-card runs/covid-budget-densenet121   # card only
     torchrun --nproc_per_node 2 training/train_diagnosis.py --task pneumonia ...   # DDP (gloo on CPU)
 
 ``--device auto|cpu|cuda`` (auto: CUDA when there is a GPU). Under torchrun, ``batch_size`` is the global batch:
@@ -391,6 +392,49 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     return report
 
 
+def comparison_entry(task, run: str) -> tuple[str, dict] | None:
+    """A model card's 'comparison' row for an evaluated run (None when the run has no eval/eval.json)."""
+    path = Path(run) / "eval" / "eval.json"
+    if not path.exists():
+        return None
+    other = json.loads(path.read_text())
+    trained = json.loads((Path(run) / "train_summary.json").read_text())
+    return Path(run).name, {
+        "network": other["network"]["name"], "init": trained["best"].get("init"),
+        "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
+        "val_nll_calibrated": min(other.get("tta_validation_nll", {"-": None}).values()),
+        "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
+        "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
+        "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
+        "external_accuracy": other.get("external", {}).get("accuracy"),
+        "external_auc_macro": other.get("external", {}).get("auc_macro"),
+        "external_min_sensitivity": min((m["sensitivity"] for m in other.get("external", {})
+                                         .get("per_class", {}).values()), default=None),
+        "image_size": trained["config"].get("image_size") or task.image_size,
+        "intensity": trained["config"].get("intensity", "percentile"),
+        "epochs_run": len(trained["best"].get("train_losses", [])),
+        "train_seconds": trained.get("seconds"),
+        "parameters": other["parameters"]}
+
+
+def add_to_card(task_name: str, runs: list[str], folder=None, doc=None) -> dict:
+    """List more evaluated runs in the shipped model's card and docs/models/<task>/README.md, leaving its weights,
+    checksum and held-out numbers as they are (a comparison run made after the shipped model was exported)."""
+    from medai.models import models_dir
+
+    task = get_task(task_name)
+    path = Path(folder or models_dir()) / f"{task.name}.json"
+    card = json.loads(path.read_text())
+    for run in runs:
+        entry = comparison_entry(task, run)
+        if entry is None:
+            raise MedAIInputError(f"{run}: no eval/eval.json (run train_diagnosis.py --evaluate on it first)")
+        card.setdefault("comparison", {})[entry[0]] = entry[1]
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    write_model_doc(card, Path(doc or REPO / "docs" / "models" / task.name / "README.md"))
+    return card
+
+
 def export(task_name: str, out: str, command: str, compare: list[str] | None = None) -> dict:
     """Evaluate the run and write the model + card to Resources/Models."""
     from medai.models import save_model
@@ -400,28 +444,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
     ckpt = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     trained_best = summary["best"]
-    comparison = {}
-    for run in compare or []:
-        path = Path(run) / "eval" / "eval.json"
-        if path.exists():
-            other = json.loads(path.read_text())
-            trained = json.loads((Path(run) / "train_summary.json").read_text())
-            comparison[Path(run).name] = {
-                "network": other["network"]["name"], "init": trained["best"].get("init"),
-                "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
-                "val_nll_calibrated": min(other.get("tta_validation_nll", {"-": None}).values()),
-                "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
-                "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
-                "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
-                "external_accuracy": other.get("external", {}).get("accuracy"),
-                "external_auc_macro": other.get("external", {}).get("auc_macro"),
-                "external_min_sensitivity": min((m["sensitivity"] for m in other.get("external", {})
-                                                 .get("per_class", {}).values()), default=None),
-                "image_size": trained["config"].get("image_size") or task.image_size,
-                "intensity": trained["config"].get("intensity", "percentile"),
-                "epochs_run": len(trained["best"].get("train_losses", [])),
-                "train_seconds": trained.get("seconds"),
-                "parameters": other["parameters"]}
+    comparison = dict(filter(None, (comparison_entry(task, run) for run in compare or [])))
     card = {
         "task": task.name,
         "classes": list(task.classes),
@@ -616,6 +639,8 @@ def main() -> int:
     parser.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the held-out split")
     parser.add_argument("--export", action="store_true", help="evaluate and write Resources/Models/<task>.pt + card")
     parser.add_argument("--compare", nargs="*", default=[], help="other runs to list in the model card")
+    parser.add_argument("--add-to-card", nargs="+", metavar="RUN", dest="add_to_card",
+                        help="only list these evaluated runs in the shipped model's card and docs (weights unchanged)")
     parser.add_argument("--optuna", type=int, default=0, help="number of Optuna trials (optional dependency)")
     parser.add_argument("--device", help="auto (default: CUDA when there is a GPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true")
@@ -629,6 +654,10 @@ def main() -> int:
     for key in ("network", "epochs", "seed", "balance", "lung_attention", "device"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    if args.add_to_card:
+        card = add_to_card(args.task, args.add_to_card)
+        print(json.dumps(card["comparison"], indent=1))
+        return 0
     out = args.out or f"runs/{args.task}"
     if args.optuna:
         config.update(optuna_search(args.task, out + "-optuna", config, args.optuna))
