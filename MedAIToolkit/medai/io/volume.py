@@ -137,16 +137,23 @@ def _first_line(exc: Exception) -> str:
     return msg[:200]
 
 
-def resample_volume(volume: Volume, spacing_mm, interpolator: str = "linear", default_value: float | None = None) -> Volume:
+def resample_volume(volume: Volume, spacing_mm, interpolator: str = "linear", default_value: float | None = None,
+                    keep_extent: bool = False) -> Volume:
     """Resample onto a grid of the same physical extent and direction with new spacing (i, j, k) mm.
 
-    Downsampling is anti-aliased (Gaussian, sigma = half the new spacing) for ``linear``; labels use ``nearest``.
+    The new grid has a whole number of voxels, so its far end can fall up to half a new voxel short of, or beyond,
+    the old one; ``keep_extent=True`` instead adjusts each axis's spacing (to the nearest whole number of voxels of
+    about ``spacing_mm``) so that the grid spans exactly the old extent, with the same centre (what a DRR needs:
+    the scan's end faces stay where they are). Downsampling is anti-aliased (Gaussian, sigma = half the new
+    spacing) for ``linear``; labels use ``nearest``.
     """
     image = volume.to_sitk()
     old_spacing = np.array(image.GetSpacing())
-    new_spacing = np.asarray(spacing_mm, dtype=np.float64)
+    new_spacing = np.asarray(spacing_mm, dtype=np.float64) * np.ones(3)
     size = np.array(image.GetSize())
     new_size = np.maximum(np.round(size * old_spacing / new_spacing).astype(int), 1)
+    if keep_extent:
+        new_spacing = size * old_spacing / new_size
     # keep the physical extent: first new voxel centre sits half a new voxel inside the old extent
     start = (new_spacing / old_spacing - 1.0) / 2.0
     origin = volume.geometry.index_to_lps(start)

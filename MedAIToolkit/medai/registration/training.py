@@ -137,7 +137,7 @@ def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str, **
     key = (id(volume), spacing)
     if key not in _RESAMPLED:  # resample each CT once (the full-resolution resampling takes seconds)
         _RESAMPLED[key] = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(
-            volume, (spacing,) * 3)
+            volume, (spacing,) * 3, keep_extent=True)  # as the Registrar does
     base = _RESAMPLED[key]
     if augment:
         base = augment_ct(base, rng, **augment_options)
