@@ -111,7 +111,7 @@ class Registrar:
         prepared = {}
         for spacing in {self.agent.settings.ct_spacing_mm, *(level["ct_spacing_mm"] for level in REFINE_LEVELS
                                                              if level["ct_spacing_mm"])}:
-            prepared[spacing] = prepare_ct(_resampled(volume, spacing), device=device)
+            prepared[spacing] = prepare_ct(resampled_ct(volume, spacing), device=device)
         self.cts = prepared
         self.agent_ct = prepared[self.agent.settings.ct_spacing_mm]
         ct = self.agent_ct
@@ -179,7 +179,7 @@ class Registrar:
                 "log_uncertainty_mm": float(np.log(min(uncertainty, UNKNOWN_UNCERTAINTY_MM)))}
 
 
-def _resampled(volume: Volume, spacing_mm: float) -> Volume:
+def resampled_ct(volume: Volume, spacing_mm: float) -> Volume:
     """The CT at about ``spacing_mm``, spanning exactly its extent (``keep_extent``: with a grid rounded to whole
     voxels of exactly 2 mm, the scan's end moved in the DRR and the refinement answered with a depth bias of
     0.4-0.8 mm on clean frames of the unseen abdominal CT; 0.0-0.2 mm with it)."""

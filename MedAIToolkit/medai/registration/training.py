@@ -30,10 +30,11 @@ from .. import distributed
 from ..drr.geometry import CArmGeometry, Pose
 from ..drr.renderer import PreparedCT, prepare_ct, render_matrix
 from ..errors import MedAIInputError
-from ..io import Volume, resample_volume
+from ..io import Volume
 from .agent import Agent, AgentSettings, revisits, run_agent
 from .augment import augment_ct, fluoroscopy_like
 from .environment import Environment, FixedImage, render_views, state_from_views
+from .pipeline import resampled_ct
 from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
 
 
@@ -136,8 +137,7 @@ _RESAMPLED: dict = {}
 def _prepare(volume: Volume, spacing: float, rng, augment: bool, device: str, **augment_options):
     key = (id(volume), spacing)
     if key not in _RESAMPLED:  # resample each CT once (the full-resolution resampling takes seconds)
-        _RESAMPLED[key] = volume if np.allclose(volume.geometry.spacing_mm, spacing) else resample_volume(
-            volume, (spacing,) * 3, keep_extent=True)  # as the Registrar does
+        _RESAMPLED[key] = resampled_ct(volume, spacing)  # the Registrar's resampling
     base = _RESAMPLED[key]
     if augment:
         base = augment_ct(base, rng, **augment_options)
