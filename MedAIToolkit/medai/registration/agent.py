@@ -17,7 +17,8 @@ import torch
 
 from ..errors import MedAIInputError, MedAIModelError
 from ..models import load_state, save_model
-from .environment import Environment
+from .environment import Environment, State
+from .motion import N_FEATURES
 from .poses import ACTION_NAMES, MODE_ACTIONS, RigidPose, action_delta
 from .qnetwork import QNetwork
 
@@ -59,13 +60,15 @@ class Agent:
     @classmethod
     def new(cls, settings: AgentSettings | None = None, **network_kwargs) -> "Agent":
         settings = settings or AgentSettings()
+        network_kwargs.setdefault("n_features", N_FEATURES)
         return cls(QNetwork(patch=settings.patch, **network_kwargs), settings)
 
-    def q_values(self, state: torch.Tensor) -> np.ndarray:
+    def q_values(self, state: State) -> np.ndarray:
         if self.network.training:  # eval() walks every module: ~1 ms a step when called unconditionally
             self.network.eval()
         with torch.inference_mode():
-            return self.network(state[None])[0].double().numpy()
+            features = state.features[None, :self.network.n_features]
+            return self.network(state.views[None], features)[0].double().numpy()
 
     def save(self, path, card: dict | None = None) -> Path:
         """``path`` (.pt) and its card ``<stem>.json`` (settings, network config, SHA-256)."""

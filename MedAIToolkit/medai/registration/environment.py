@@ -3,7 +3,9 @@
 The frame's detector is re-binned onto a ``work_size`` x ``work_size`` grid covering the same field of view (the
 geometry, not the pixel count, is what matters), so one agent serves any C-arm. The state is the pair of
 normalised (0-1) patches at two resolutions: the whole field of view pooled to ``patch`` x ``patch`` (coarse) and
-its central half at full working resolution (fine): channels (fixed coarse, moving coarse, fixed fine, moving fine).
+its central half at full working resolution (fine): channels (fixed coarse, moving coarse, fixed fine, moving fine),
+plus the motion features of the coarse pair (:mod:`medai.registration.motion`: which way shift, magnification and
+rotation about the beam should go).
 The moving patches are rendered directly, one ray per patch pixel (2 P^2 rays instead of the working grid's 4 P^2;
 a coarse pixel's ray through its centre instead of the mean of four: the CT's voxels are coarser than the rays).
 """
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from ..drr.geometry import CArmGeometry
 from ..drr.renderer import PreparedCT, render_matrix
 from ..errors import MedAIInputError
+from .motion import MotionReference, body_points
 from .poses import RigidPose
 
 WORK_SIZE = 128
@@ -84,6 +87,7 @@ class FixedImage:
     fine_mask: torch.Tensor
     coarse_raw: torch.Tensor  # the coarse patch before normalisation (for the similarity)
     points: np.ndarray | None  # (2P, P, 3) C-arm mm: detector points of the two views (view_points)
+    motion: MotionReference  # the frame's side of the motion features (coarse view)
 
     @classmethod
     def build(cls, image, mask, carm_work: CArmGeometry) -> "FixedImage":
@@ -91,8 +95,10 @@ class FixedImage:
         mask = torch.as_tensor(mask, dtype=torch.bool)
         coarse_mask, fine_mask = (m > 0.99 for m in patches(mask.float()))
         coarse, fine = patches(image)
+        patch = coarse.shape[-1]
         return cls(image, mask, carm_work, normalise(coarse, coarse_mask), normalise(fine, fine_mask),
-                   coarse_mask, fine_mask, coarse, view_points(carm_work, coarse.shape[-1]))
+                   coarse_mask, fine_mask, coarse, view_points(carm_work, patch),
+                   MotionReference(coarse, coarse_mask, work_geometry(carm_work, patch)))
 
     @classmethod
     def from_frame(cls, frame, size: int = WORK_SIZE) -> "FixedImage":
@@ -100,19 +106,28 @@ class FixedImage:
         return cls.build(resize_image(frame.image, size), mask, work_geometry(frame.carm, size))
 
 
+@dataclass
+class State:
+    """What the Q-network sees: ``views`` (4, P, P) and ``features`` (motion features, :data:`motion.N_FEATURES`)."""
+
+    views: torch.Tensor
+    features: torch.Tensor
+
+
 class Environment:
     """Renders the moving DRR for a pose and builds the agent's state against a fixed frame."""
 
-    def __init__(self, ct: PreparedCT, centre_ras, fixed: FixedImage):
+    def __init__(self, ct: PreparedCT, centre_ras, fixed: FixedImage, points_ras: np.ndarray | None = None):
         self.ct = ct
         self.centre_ras = np.asarray(centre_ras, dtype=np.float64)
         self.fixed = fixed
+        self.points_ras = body_points(ct) if points_ras is None else points_ras
 
-    def state(self, pose: RigidPose) -> tuple[torch.Tensor, float]:
-        """(4, P, P) state tensor at ``pose`` and the image similarity (NCC of the coarse views in the field)."""
+    def state(self, pose: RigidPose) -> tuple[State, float]:
+        """The state at ``pose`` and the image similarity (NCC of the coarse views in the field)."""
         coarse, fine = render_views(self.ct, self.fixed, pose.matrix(self.centre_ras))
         similarity = ncc(self.fixed.coarse_raw, coarse, self.fixed.coarse_mask)
-        return state_from_views(self.fixed, coarse, fine), similarity
+        return make_state(self.fixed, coarse, fine, pose, self.centre_ras, self.points_ras), similarity
 
 
 def view_points(carm_work: CArmGeometry, patch: int) -> np.ndarray | None:
@@ -139,6 +154,12 @@ def render_views(ct: PreparedCT, fixed: FixedImage, ras_to_carm: np.ndarray) -> 
 def state_from_views(fixed: FixedImage, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
     return torch.stack([fixed.coarse, normalise(coarse, fixed.coarse_mask), fixed.fine,
                         normalise(fine, fixed.fine_mask)])
+
+
+def make_state(fixed: FixedImage, coarse: torch.Tensor, fine: torch.Tensor, pose: RigidPose, centre_ras,
+               points_ras: np.ndarray) -> State:
+    """The state from the moving image's raw views at ``pose`` (``points_ras``: the CT's body points)."""
+    return State(state_from_views(fixed, coarse, fine), fixed.motion.features(coarse, pose, centre_ras, points_ras))
 
 
 def detector_pixels(points_carm: np.ndarray, carm: CArmGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from ..io import Volume, resample_volume
 from .agent import Agent, run_agent
 from .environment import Environment, FixedImage, check_overlap
 from .frame import Frame
+from .motion import body_points
 from .poses import MODE_ACTIONS, RigidPose, pose_distance
 from .refine import RefineLevel, refine, uncertainty_mm
 
@@ -116,6 +117,7 @@ class Registrar:
         self.agent_ct = prepared[self.agent.settings.ct_spacing_mm]
         ct = self.agent_ct
         self.body_points_ras = ct.geometry.index_to_ras(ct.tissue_ijk) if ct.tissue_ijk is not None else np.empty((0, 3))
+        self.motion_points_ras = body_points(ct)  # the subsample the agent's motion features fit their motions to
 
     def register(self, frame: Frame, init_pose: Pose | None = None, mode: str = "2d3d", refine_result: bool = True,
                  max_steps: int | None = None, cancel=None, on_step=None) -> RegistrationResult:
@@ -129,7 +131,7 @@ class Registrar:
         init = RigidPose.from_pose(init_pose)
         check_overlap(self.agent_ct, frame.carm, init.matrix(self.centre_ras), frame.mask)
         fixed = FixedImage.from_frame(frame, settings.work_size)
-        env = Environment(self.agent_ct, self.centre_ras, fixed)
+        env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
         t_prep = time.perf_counter()
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
         t_agent = time.perf_counter()

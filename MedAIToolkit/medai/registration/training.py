@@ -33,7 +33,8 @@ from ..errors import MedAIInputError
 from ..io import Volume
 from .agent import Agent, AgentSettings, revisits, run_agent
 from .augment import augment_ct, fluoroscopy_like
-from .environment import Environment, FixedImage, render_views, state_from_views
+from .environment import Environment, FixedImage, make_state, render_views
+from .motion import N_FEATURES, body_points
 from .pipeline import resampled_ct
 from .poses import MODE_ACTIONS, RigidPose, action_delta, q_values
 
@@ -66,6 +67,7 @@ class TrainingConfig:
     fill_air: float = 0.0  # probability that a copy's lungs / bowel gas are filled with soft tissue (abdomen-like)
     short_scan: float = 0.0  # probability that a copy keeps only 45-85% of its slices (one region's scan)
     ct_refresh_every: int = 150  # iterations between replacing one augmented copy
+    motion_features: bool = True  # the state's motion features (an agent started without them is widened, zeros)
     validate_every: int = 250
     validation_cases: int = 16
     checkpoint_every: int = 100
@@ -162,7 +164,9 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
     rng = np.random.default_rng(config.seed if ctx.main else [config.seed, ctx.rank])  # each rank its own episodes
     torch.manual_seed(config.seed)
     settings = agent.settings if agent is not None else AgentSettings.from_dict(config.settings)
-    agent = agent or Agent.new(settings)
+    agent = agent or Agent.new(settings, n_features=N_FEATURES if config.motion_features else 0)
+    if config.motion_features and agent.network.n_features != N_FEATURES:
+        agent.network = agent.network.with_features(N_FEATURES)  # starts out computing what it computed before
     network = distributed.sync_batchnorm(agent.network.to(config.device), ctx)
     agent.network = network
     net = distributed.wrap(network, ctx)  # the regression steps; acting and validation use ``network``
@@ -184,12 +188,14 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
     ct_options = {"fill_air": config.fill_air, "short_scan": config.short_scan}
     prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device, **ct_options) for v, _ in slots]
     cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
+    points = [body_points(ct) for ct in cts]
     validation = (_validation_cases(volumes + list(validation_volumes or []), len(volumes), config, settings)
                   if ctx.main else [])
 
     pool = [_Episode(sample_case(rng, cts, centres, config, settings.work_size)) for _ in range(config.pool_episodes)]
     allowed = np.array(MODE_ACTIONS["2d3d"])
     replay_states = torch.zeros(config.replay_size, 4, settings.patch, settings.patch, dtype=torch.float16)
+    replay_features = torch.zeros(config.replay_size, network.n_features)
     replay_targets = torch.zeros(config.replay_size, len(allowed))
     stored = 0
     metrics_path = out / "metrics.csv"
@@ -215,6 +221,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             slot = int(rng.integers(len(slots)))
             cts[slot], centres[slot] = _prepare(volumes[slots[slot][0]], spacing, rng, True, config.device,
                                                 **ct_options)
+            points[slot] = body_points(cts[slot])
             for episode in pool:
                 if episode.case.ct_index == slot:
                     episode.steps = config.episode_steps  # forces a reset on the new CT
@@ -228,20 +235,22 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             except MedAIInputError:
                 pool[index] = _Episode(sample_case(rng, cts, centres, config, settings.work_size))
                 continue
-            states.append(state_from_views(case.fixed, *views))
+            states.append(make_state(case.fixed, *views, episode.pose, centres[case.ct_index], points[case.ct_index]))
             used.append(index)
             step_mm, step_deg = settings.levels[episode.level]
             targets.append(q_values(episode.pose.error_to(case.truth), step_mm, step_deg))
         if not states and not ctx.distributed:
             continue
         if states:
-            states_t = torch.stack(states)
+            states_t = torch.stack([state.views for state in states])
+            features_t = torch.stack([state.features for state in states])[:, :network.n_features]
             targets_t = torch.as_tensor(np.array(targets), dtype=torch.float32)
             network.eval()
             with torch.no_grad():
-                predicted = network(states_t.to(config.device)).cpu().double().numpy()
+                predicted = network(states_t.to(config.device), features_t.to(config.device)).cpu().double().numpy()
             slots_to_fill = (np.arange(len(states)) + stored) % config.replay_size
             replay_states[slots_to_fill] = states_t.half()
+            replay_features[slots_to_fill] = features_t
             replay_targets[slots_to_fill] = targets_t
             stored += len(states)
         # regression on the replay buffer (DDP: every rank steps, each on its own buffer's share)
@@ -250,7 +259,8 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
         if distributed.min_over_ranks(available, ctx) > 0:
             for _ in range(config.updates_per_iteration):
                 pick = torch.as_tensor(rng.integers(0, available, min(local_minibatch, available)))
-                loss = torch.nn.functional.smooth_l1_loss(net(replay_states[pick].float().to(config.device)),
+                loss = torch.nn.functional.smooth_l1_loss(net(replay_states[pick].float().to(config.device),
+                                                              replay_features[pick].to(config.device)),
                                                           replay_targets[pick].to(config.device), beta=0.5)
                 optimiser.zero_grad()
                 loss.backward()
