@@ -101,11 +101,12 @@ class MotionReference:
         before_carm = points_ras @ matrix[:3, :3].T + matrix[:3, 3]
         before = np.stack(detector_pixels(before_carm, self.carm), axis=1)
         design = np.c_[before, np.ones(len(before))]
-        out = []
+        displacements = []
         for dof in MOTION_DOFS:
             delta = np.zeros(6)
             delta[dof] = 1.0
             moved = pose.moved(delta).matrix(centre_ras)
             after = np.stack(detector_pixels(points_ras @ moved[:3, :3].T + moved[:3, 3], self.carm), axis=1)
-            out.append(np.linalg.lstsq(design, after - before, rcond=None)[0])
-        return np.array(out)
+            displacements.append(after - before)
+        affine = np.linalg.lstsq(design, np.concatenate(displacements, axis=1), rcond=None)[0]  # (3, 2K): one solve
+        return affine.reshape(3, len(MOTION_DOFS), 2).transpose(1, 0, 2)
