@@ -96,3 +96,28 @@ def test_automatic_exposure_control_keeps_the_detected_quanta_whatever_the_body_
     assert np.mean([cnr("aec", s) for s in range(6)]) > 2 * np.mean([cnr("fixed", s) for s in range(6)])
     with pytest.raises(ValueError, match="dose"):
         tube_output(chest, 3.0, "manual")
+
+
+def test_another_build_scales_the_body_and_its_projection(chest_6mm):
+    """``size``: the same voxels on a scaled grid, a wider or narrower patient; its AP DRR's body outline follows."""
+    rng = np.random.default_rng(2)
+    carm = CArmGeometry(1020, 750, 96, 96, 5.0, 5.0)
+
+    def outline_width(volume):  # body width (detector columns) of an AP DRR through the CT's centre
+        drr = render(prepare_ct(volume), carm, Pose())[0].numpy()
+        columns = np.flatnonzero((drr > 0.5 * drr.max()).any(axis=0))
+        return columns[-1] - columns[0]
+
+    plain = augment_ct(chest_6mm, np.random.default_rng(3), crop=0.0, deform_mm=0.0)
+    assert np.allclose(plain.geometry.spacing_mm, chest_6mm.geometry.spacing_mm)  # size 0: the build is kept
+    widths = []
+    for _ in range(4):
+        scaled = augment_ct(chest_6mm, rng, crop=0.0, deform_mm=0.0, size=0.25)
+        ratio = scaled.geometry.spacing_mm / chest_6mm.geometry.spacing_mm
+        assert np.all(ratio[:2] >= 0.8 / 1.04 - 1e-9) and np.all(ratio[:2] <= 1.25 * 1.04 + 1e-9)
+        assert 1 / 1.125 - 1e-9 <= ratio[2] <= 1.125 + 1e-9
+        assert scaled.array.shape == chest_6mm.array.shape  # the same voxels, on another grid
+        widths.append((ratio[0], outline_width(scaled) / outline_width(plain)))
+    for ratio, width in widths:
+        assert abs(width - ratio) < 0.06, (ratio, width)  # the projected body is as much wider as its voxels
+    assert max(r for r, _ in widths) - min(r for r, _ in widths) > 0.05  # builds differ from copy to copy

@@ -97,11 +97,13 @@ def fill_internal_air(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment_ct(volume: Volume, rng: np.random.Generator, crop: float = 0.15, deform_mm: float = 6.0,
-               fill_air: float = 0.0, short_scan: float = 0.0) -> Volume:
+               fill_air: float = 0.0, short_scan: float = 0.0, size: float = 0.0) -> Volume:
     """A randomly altered copy of a HU volume (the input is not modified). ``fill_air``: the probability that
     the air inside the body is filled with soft tissue (:func:`fill_internal_air`); ``short_scan``: the probability
     that only a block of 45-85% of the slices is kept (a scan covering one region, e.g. the liver: the body then
-    ends inside the frame)."""
+    ends inside the frame); ``size``: another patient's build: the voxel spacing (so the anatomy, and what it
+    attenuates) is scaled by up to 1 +/- ``size`` across the body (width and depth apart by up to 8%) and by up to
+    half that along it, so that an agent trained on one CT cannot read depth from the absolute size of its body."""
     hu = volume.array.astype(np.float32)
     if fill_air > 0 and rng.uniform() < fill_air:
         hu = fill_internal_air(hu, rng)
@@ -114,7 +116,13 @@ def augment_ct(volume: Volume, rng: np.random.Generator, crop: float = 0.15, def
         hi[0] = lo[0] + keep
     hu = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     origin = volume.geometry.index_to_lps(np.array([lo[2], lo[1], lo[0]], float))
-    geometry = Geometry(volume.geometry.spacing_mm, origin, volume.geometry.direction_lps)
+    spacing_mm = np.asarray(volume.geometry.spacing_mm, dtype=np.float64)
+    if size > 0:
+        build = np.exp(rng.uniform(-np.log1p(size), np.log1p(size)))
+        shape_ratio = rng.uniform(0.96, 1.04)
+        along = np.exp(rng.uniform(-np.log1p(size / 2), np.log1p(size / 2)))
+        spacing_mm = spacing_mm * np.array([build * shape_ratio, build / shape_ratio, along])  # (i, j, k)
+    geometry = Geometry(spacing_mm, origin, volume.geometry.direction_lps)
     if deform_mm > 0:
         spacing = volume.geometry.spacing_mm[::-1]  # (k, j, i)
         coarse = [max(2, s // 16) for s in hu.shape]

@@ -66,6 +66,7 @@ class TrainingConfig:
     ct_variants: int = 4  # augmented copies per training CT kept at once
     fill_air: float = 0.0  # probability that a copy's lungs / bowel gas are filled with soft tissue (abdomen-like)
     short_scan: float = 0.0  # probability that a copy keeps only 45-85% of its slices (one region's scan)
+    size: float = 0.0  # a copy's build: voxel spacing scaled by up to 1 +/- size (augment_ct): no depth from body size
     ct_refresh_every: int = 150  # iterations between replacing one augmented copy
     motion_features: bool = True  # the state's motion features (an agent started without them is widened, zeros)
     validate_every: int = 250
@@ -185,7 +186,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
 
     spacing = settings.ct_spacing_mm
     slots = [(v, n) for v in range(len(volumes)) for n in range(config.ct_variants if config.ct_augment else 1)]
-    ct_options = {"fill_air": config.fill_air, "short_scan": config.short_scan}
+    ct_options = {"fill_air": config.fill_air, "short_scan": config.short_scan, "size": config.size}
     prepared = [_prepare(volumes[v], spacing, rng, config.ct_augment, config.device, **ct_options) for v, _ in slots]
     cts, centres = [p[0] for p in prepared], [p[1] for p in prepared]
     points = [body_points(ct) for ct in cts]
