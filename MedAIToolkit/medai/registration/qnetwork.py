@@ -41,11 +41,9 @@ class QNetwork(nn.Module):
         wider = QNetwork(**config)
         state = self.state_dict()
         weight = state["head.2.weight"]
+        kept = weight.shape[1] - self.n_features + min(self.n_features, n_features)  # the views' and shared columns
         grown = torch.zeros(weight.shape[0], weight.shape[1] - self.n_features + n_features)
-        keep = weight.shape[1] - self.n_features
-        grown[:, :keep] = weight[:, :keep]
-        shared = min(self.n_features, n_features)
-        grown[:, keep:keep + shared] = weight[:, keep:keep + shared]
+        grown[:, :kept] = weight[:, :kept]
         state["head.2.weight"] = grown
         wider.load_state_dict(state)
         return wider

@@ -85,6 +85,16 @@ class TrainingConfig:
         return cls(**values)
 
 
+def agent_for(config: TrainingConfig, agent: Agent | None = None) -> Agent:
+    """The agent to train (or export) under ``config``: ``agent``, or a new one; with ``motion_features``, one without
+    them is widened (zero weights: it starts out computing what it computed before)."""
+    agent = agent or Agent.new(AgentSettings.from_dict(config.settings),
+                               n_features=N_FEATURES if config.motion_features else 0)
+    if config.motion_features and agent.network.n_features != N_FEATURES:
+        agent.network = agent.network.with_features(N_FEATURES)
+    return agent
+
+
 @dataclass
 class Case:
     """One registration problem: CT index, working geometry, truth, fixed image, nominal (initial) pose."""
@@ -165,9 +175,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
     rng = np.random.default_rng(config.seed if ctx.main else [config.seed, ctx.rank])  # each rank its own episodes
     torch.manual_seed(config.seed)
     settings = agent.settings if agent is not None else AgentSettings.from_dict(config.settings)
-    agent = agent or Agent.new(settings, n_features=N_FEATURES if config.motion_features else 0)
-    if config.motion_features and agent.network.n_features != N_FEATURES:
-        agent.network = agent.network.with_features(N_FEATURES)  # starts out computing what it computed before
+    agent = agent_for(config, agent)
     network = distributed.sync_batchnorm(agent.network.to(config.device), ctx)
     agent.network = network
     net = distributed.wrap(network, ctx)  # the regression steps; acting and validation use ``network``
@@ -196,7 +204,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
     pool = [_Episode(sample_case(rng, cts, centres, config, settings.work_size)) for _ in range(config.pool_episodes)]
     allowed = np.array(MODE_ACTIONS["2d3d"])
     replay_states = torch.zeros(config.replay_size, 4, settings.patch, settings.patch, dtype=torch.float16)
-    replay_features = torch.zeros(config.replay_size, network.n_features)
+    replay_features = torch.zeros(config.replay_size, N_FEATURES)  # a network without features ignores them
     replay_targets = torch.zeros(config.replay_size, len(allowed))
     stored = 0
     metrics_path = out / "metrics.csv"
@@ -244,7 +252,7 @@ def train_agent(volumes: list[Volume], out_dir, config: TrainingConfig | None = 
             continue
         if states:
             states_t = torch.stack([state.views for state in states])
-            features_t = torch.stack([state.features for state in states])[:, :network.n_features]
+            features_t = torch.stack([state.features for state in states])
             targets_t = torch.as_tensor(np.array(targets), dtype=torch.float32)
             network.eval()
             with torch.no_grad():
