@@ -2,7 +2,9 @@
 
 The residual is ``f - m(p)`` of the fixed and moving images, each smoothed, zero-mean and unit-norm inside the
 frame's field, so its squared norm is ``2 (1 - NCC)``; with ``gradients=True`` the images are their x/y
-gradients (gradient correlation, robust to intensity differences). The Jacobian in the six C-arm-frame
+gradients (gradient correlation, robust to intensity differences). A level may first blur the DRR like the frame
+(``blur_px``, or the best of ``blur_candidates``) and map it to the frame's intensities by a least-squares polynomial
+(``intensity_degree``): the frame's display curve is unknown. The Jacobian in the six C-arm-frame
 parameters is taken by finite differences (of rendered images; for the in-plane parameters, optionally, of the
 rendered image warped in 2D) and kept up to date by Broyden updates between them. Multi-resolution:
 each level has its own CT, detector grid and smoothing. The Jacobian and residual at the final pose also give the
@@ -13,7 +15,7 @@ it separates results within 2 mm from the rest on a CT the calibration never saw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,6 +45,9 @@ class RefineLevel:
     fd_step: tuple = (0.5, 0.5, 1.0, 0.25, 0.25, 0.25)  # mm, mm, mm, deg, deg, deg
     broyden: bool = False  # Jacobian by finite differences once, then Broyden updates (else afresh every iteration)
     warp_dofs: tuple = ()  # parameters whose Jacobian column comes from warping the rendered image (see _Residual)
+    intensity_degree: int = 0  # > 0: the DRR is first mapped to the frame's intensities by a polynomial (_Residual._mapped)
+    blur_px: float = 0.0  # the frame's own blur: the DRR is blurred by it before the intensity mapping
+    blur_candidates: tuple = ()  # if given, blur_px is chosen among these at the level's start (see estimate_blur)
 
 
 def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -77,6 +82,7 @@ class _Residual:
             mask[[0, -1], :] = False
             mask[:, [0, -1]] = False
         self.mask = mask
+        self.fixed_values = level.fixed.image[level.fixed.mask].double()
         self.target = self._features(level.fixed.image)
         rows, cols = torch.nonzero(mask, as_tuple=True)  # the order of image[mask]
         block = (rows // BLOCK_PX) * (mask.shape[1] // BLOCK_PX + 1) + cols // BLOCK_PX
@@ -88,8 +94,8 @@ class _Residual:
         self._images = {}  # the images rendered at the last few poses, by pose matrix
         self._pixels = None  # (H, W, 3) homogeneous (row, col, 1) of the detector, for warps
 
-    def _features(self, image: torch.Tensor) -> torch.Tensor:
-        image = _smooth(image, self.level.sigma_px)
+    def _features(self, image: torch.Tensor, smoothed: bool = False) -> torch.Tensor:
+        image = image if smoothed else _smooth(image, self.level.sigma_px)
         if self.level.gradients:
             gx = torch.zeros_like(image)
             gy = torch.zeros_like(image)
@@ -104,8 +110,28 @@ class _Residual:
             out.append(part / part.norm().clamp(min=1e-12))
         return torch.cat(out) / np.sqrt(len(out))
 
+    def _moving_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Features of a rendered DRR: blurred like the frame and mapped to its intensities, where the level says so."""
+        image = _smooth(image, self.level.blur_px)
+        if self.level.intensity_degree > 0:
+            image = self._mapped(image)
+        return self._features(image)
+
+    def _mapped(self, image: torch.Tensor) -> torch.Tensor:
+        """The DRR mapped to the frame's intensities: the least-squares polynomial in ``sqrt(u)`` (``u``: the DRR
+        scaled to 0-1 inside the frame's field) of degree ``intensity_degree`` that best predicts the frame there. It
+        is the regression of frame on DRR, so the frame's noise does not bias it; the square root lets it follow a
+        display curve that is steep at one end (gamma < 1), which a polynomial in ``u`` cannot."""
+        values = image.double()
+        inside = values[self.level.fixed.mask]
+        low, high = float(inside.min()), float(inside.max())
+        root = ((values - low) / max(high - low, 1e-12)).clamp(0, 1).sqrt()
+        basis = torch.stack([root ** k for k in range(self.level.intensity_degree + 1)], dim=-1)
+        coef = torch.linalg.lstsq(basis[self.level.fixed.mask], self.fixed_values[:, None]).solution[:, 0]
+        return (basis @ coef).float()
+
     def __call__(self, pose: RigidPose) -> torch.Tensor:
-        return self.target - self._features(self._render(pose.matrix(self.centre)))
+        return self.target - self._moving_features(self._render(pose.matrix(self.centre)))
 
     def _render(self, matrix: np.ndarray) -> torch.Tensor:
         moving = render_matrix(self.level.ct, self.level.fixed.carm, matrix)
@@ -140,7 +166,7 @@ class _Residual:
                         axis=-1)
         image = F.grid_sample(moving[None, None], torch.as_tensor(grid, dtype=torch.float32)[None], mode="bilinear",
                               padding_mode="border", align_corners=True)[0, 0]
-        return self.target - self._features(image)
+        return self.target - self._moving_features(image)
 
 
 def _jacobian(residual: "_Residual", pose: RigidPose, r: torch.Tensor, dofs, steps: np.ndarray,
@@ -206,6 +232,8 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     similarity = float("nan")
     jac = r = residual = None
     for index, level in enumerate(levels):
+        if level.blur_candidates:
+            level = estimate_blur(level, pose, centre_ras)
         residual, jac, fresh = _Residual(level, centre_ras), None, False  # Jacobians do not carry across levels
         r = residual(pose)
         cost = float(r @ r)
@@ -234,6 +262,24 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
                 log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
+
+
+def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLevel:
+    """``level`` with the ``blur_px`` among its ``blur_candidates`` that best matches the DRR at ``pose`` to the
+    frame (one render): a frame blurred more than the DRR, then put through a non-linear display curve, has
+    body outlines whose gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
+    best = None
+    image = None
+    for blur in level.blur_candidates:
+        candidate = replace(level, blur_px=float(blur), blur_candidates=())
+        residual = _Residual(candidate, centre_ras)
+        if image is None:
+            image = residual._render(pose.matrix(centre_ras))
+        r = residual.target - residual._moving_features(image)
+        cost = float(r @ r)
+        if best is None or cost < best[0]:
+            best = (cost, candidate)
+    return best[1]
 
 
 def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
