@@ -239,7 +239,7 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--cases", type=int, default=200, help="chest-CT frames (0: skip the chest CT)")
     parser.add_argument("--baseline-cases", type=int, default=20)
     parser.add_argument("--ircad-cases", type=int, default=50)
     parser.add_argument("--finetune-minutes", type=float, default=5.0, help="0: skip the patient-specific agent")
@@ -264,10 +264,11 @@ def main(argv=None) -> int:
         model = fit_confidence(rows)
         _update_card(args.agent, confidence=model)
         print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
-    t0 = time.time()
-    cases = make_cases("chest", args.cases, TEST_SEED, args.dose)
-    print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
-    all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag))
+    if args.cases:  # 0: the abdominal CT alone (e.g. more of its cases)
+        t0 = time.time()
+        cases = make_cases("chest", args.cases, TEST_SEED, args.dose)
+        print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
+        all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag))
     if args.ircad_cases:
         ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose)
         seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"

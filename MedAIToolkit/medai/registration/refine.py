@@ -226,42 +226,55 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     to date by Broyden's rank-one updates from every image rendered (one render per iteration instead of seven:
     for the fine level, which starts close); a level ends when no damped step improves the cost or a step moves
     less than :data:`CONVERGED_STEP`. A Broyden level ends with one more step on a Jacobian taken afresh, which
-    also gives the covariance."""
+    also gives the covariance. A level with ``blur_candidates`` picks the frame's blur where it starts and again where
+    it ends; if the two differ it runs once more with the second."""
     dofs = [0, 1, 5] if mode == "2d2d" else list(range(6))
     log = []
     similarity = float("nan")
     jac = r = residual = None
     for index, level in enumerate(levels):
-        if level.blur_candidates:
-            level = estimate_blur(level, pose, centre_ras)
-        residual, jac, fresh = _Residual(level, centre_ras), None, False  # Jacobians do not carry across levels
-        r = residual(pose)
-        cost = float(r @ r)
-        damping = 1e-3
-        steps = np.asarray(level.fd_step, dtype=np.float64)
-        for iteration in range(level.iterations):
-            if cancel is not None and cancel():
-                break
-            if jac is None or not level.broyden:
-                # "fresh": a rendered Jacobian at the current pose, good for the covariance as it is
-                jac, fresh = _jacobian(residual, pose, r, dofs, steps, level.warp_dofs), not level.warp_dofs
-            pose, r, cost, improved, damping, jac, delta = _damped_step(residual, pose, r, cost, jac, dofs, damping,
-                                                                         level.broyden)
-            log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
-            if not improved:
-                break
-            fresh = False  # the pose moved: the Jacobian is no longer taken at it
-            if np.abs(delta[:3]).max() < CONVERGED_STEP[0] and np.abs(delta[3:]).max() < CONVERGED_STEP[1]:
-                break
         last = index == len(levels) - 1
-        if not fresh and (level.broyden or last) and not (cancel is not None and cancel()):
-            # a fresh Jacobian for the covariance (and, after Broyden updates, one last step on it)
-            jac = _jacobian(residual, pose, r, dofs, steps)  # rendered: an exact Jacobian for the last step
-            if level.broyden:
-                pose, r, cost, _, _, _, _ = _damped_step(residual, pose, r, cost, jac, dofs, 1e-3, False)
-                log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
+        chosen = estimate_blur(level, pose, centre_ras) if level.blur_candidates else level
+        pose, r, cost, jac, residual = _refine_level(chosen, pose, centre_ras, dofs, index, last, log, cancel)
+        if level.blur_candidates and not (cancel is not None and cancel()):
+            # the blur chosen where the level started may not be the one that fits best where it ended
+            again = estimate_blur(level, pose, centre_ras)
+            if again.blur_px != chosen.blur_px:
+                pose, r, cost, jac, residual = _refine_level(again, pose, centre_ras, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
+
+
+def _refine_level(level: RefineLevel, pose: RigidPose, centre_ras, dofs, index: int, last: bool, log: list,
+                  cancel=None):
+    """One level's Levenberg-Marquardt iterations from ``pose``; returns pose, residual vector, cost, the Jacobian
+    (rendered afresh at the final pose on a Broyden level or the last level) and the level's residual function."""
+    residual, jac, fresh = _Residual(level, centre_ras), None, False  # Jacobians do not carry across levels
+    r = residual(pose)
+    cost = float(r @ r)
+    damping = 1e-3
+    steps = np.asarray(level.fd_step, dtype=np.float64)
+    for iteration in range(level.iterations):
+        if cancel is not None and cancel():
+            break
+        if jac is None or not level.broyden:
+            # "fresh": a rendered Jacobian at the current pose, good for the covariance as it is
+            jac, fresh = _jacobian(residual, pose, r, dofs, steps, level.warp_dofs), not level.warp_dofs
+        pose, r, cost, improved, damping, jac, delta = _damped_step(residual, pose, r, cost, jac, dofs, damping,
+                                                                     level.broyden)
+        log.append({"level": index, "iteration": iteration, "similarity": 1.0 - cost / 2.0})
+        if not improved:
+            break
+        fresh = False  # the pose moved: the Jacobian is no longer taken at it
+        if np.abs(delta[:3]).max() < CONVERGED_STEP[0] and np.abs(delta[3:]).max() < CONVERGED_STEP[1]:
+            break
+    if not fresh and (level.broyden or last) and not (cancel is not None and cancel()):
+        # a fresh Jacobian for the covariance (and, after Broyden updates, one last step on it)
+        jac = _jacobian(residual, pose, r, dofs, steps)  # rendered: an exact Jacobian for the last step
+        if level.broyden:
+            pose, r, cost, _, _, _, _ = _damped_step(residual, pose, r, cost, jac, dofs, 1e-3, False)
+            log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
+    return pose, r, cost, jac, residual
 
 
 def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLevel:
