@@ -153,12 +153,8 @@ class Registrar:
             levels = []
             for level in REFINE_LEVELS:
                 ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
-                levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), level["sigma_px"],
-                                          level.get("gradients", False), level["iterations"],
-                                          broyden=level.get("broyden", False),
-                                          warp_dofs=tuple(level.get("warp_dofs", ())),
-                                          intensity_degree=level.get("intensity_degree", 0),
-                                          blur_candidates=tuple(level.get("blur_candidates", ()))))
+                options = {k: v for k, v in level.items() if k not in ("ct_spacing_mm", "work_size")}
+                levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), **options))
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             features = self._outcome_features(kept, agent_similarity, agent_pose)
             if (self._confidence(features) < SECOND_START_CONFIDENCE and not (cancel is not None and cancel())

@@ -94,8 +94,8 @@ class _Residual:
         self._images = {}  # the images rendered at the last few poses, by pose matrix
         self._pixels = None  # (H, W, 3) homogeneous (row, col, 1) of the detector, for warps
 
-    def _features(self, image: torch.Tensor, smoothed: bool = False) -> torch.Tensor:
-        image = image if smoothed else _smooth(image, self.level.sigma_px)
+    def _features(self, image: torch.Tensor) -> torch.Tensor:
+        image = _smooth(image, self.level.sigma_px)
         if self.level.gradients:
             gx = torch.zeros_like(image)
             gy = torch.zeros_like(image)
@@ -110,9 +110,10 @@ class _Residual:
             out.append(part / part.norm().clamp(min=1e-12))
         return torch.cat(out) / np.sqrt(len(out))
 
-    def _moving_features(self, image: torch.Tensor) -> torch.Tensor:
-        """Features of a rendered DRR: blurred like the frame and mapped to its intensities, where the level says so."""
-        image = _smooth(image, self.level.blur_px)
+    def _moving_features(self, image: torch.Tensor, blur_px: float | None = None) -> torch.Tensor:
+        """Features of a rendered DRR: blurred like the frame (the level's ``blur_px`` unless given) and mapped to its
+        intensities, where the level says so."""
+        image = _smooth(image, self.level.blur_px if blur_px is None else blur_px)
         if self.level.intensity_degree > 0:
             image = self._mapped(image)
         return self._features(image)
@@ -281,18 +282,14 @@ def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLeve
     """``level`` with the ``blur_px`` among its ``blur_candidates`` that best matches the DRR at ``pose`` to the
     frame (one render): a frame blurred more than the DRR, then put through a non-linear display curve, has
     body outlines whose gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
-    best = None
-    image = None
-    for blur in level.blur_candidates:
-        candidate = replace(level, blur_px=float(blur), blur_candidates=())
-        residual = _Residual(candidate, centre_ras)
-        if image is None:
-            image = residual._render(pose.matrix(centre_ras))
-        r = residual.target - residual._moving_features(image)
-        cost = float(r @ r)
-        if best is None or cost < best[0]:
-            best = (cost, candidate)
-    return best[1]
+    residual = _Residual(level, centre_ras)
+    image = residual._render(pose.matrix(centre_ras))
+
+    def cost(blur: float) -> float:
+        r = residual.target - residual._moving_features(image, blur)
+        return float(r @ r)
+
+    return replace(level, blur_px=float(min(level.blur_candidates, key=cost)), blur_candidates=())
 
 
 def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
