@@ -47,6 +47,17 @@ def chest_ct_path() -> Path:
         pytest.skip(str(exc))
 
 
+@pytest.fixture(scope="session")
+def sample_ct():
+    """The embedded sample abdominal CT (no shared data needed): (volume, prepared for rendering, centre RAS)."""
+    from medai.drr import prepare_ct
+    from medai.io import read_volume
+    from medai.samples import sample_path
+
+    volume = read_volume(str(sample_path("ct_abdomen")))
+    return volume, prepare_ct(volume), volume.geometry.centre_ras(volume.array.shape)
+
+
 def tree_digest(path) -> str:
     """SHA-256 over every file (name + bytes) under ``path``: proves inputs were not modified."""
     digest = hashlib.sha256()

@@ -5,25 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from medai.drr import CArmGeometry, Pose, prepare_ct, render
-from medai.io import read_volume
+from medai.drr import CArmGeometry, Pose, render
 from medai.registration import Agent, RigidPose
 from medai.registration.environment import Environment, FixedImage
 from medai.registration.motion import ESTIMATE_SCALE, MOTION_DOFS, N_FEATURES
-from medai.samples import sample_path
 
 CARM = CArmGeometry(1020.0, 750.0, 128, 128, 2.4, 2.4)
 TRUTH = Pose.from_array((4.0, -3.0, 2.0, 1.0, -1.0, -10.0))
 
 
 @pytest.fixture(scope="module")
-def environment():
-    volume = read_volume(str(sample_path("ct_abdomen")))
-    ct = prepare_ct(volume)
+def environment(sample_ct):
+    _, ct, centre = sample_ct
     with torch.inference_mode():
         frame = render(ct, CARM, TRUTH)[0].numpy()
-    return Environment(ct, volume.geometry.centre_ras(volume.array.shape),
-                       FixedImage.build(frame, np.ones((128, 128), bool), CARM))
+    return Environment(ct, centre, FixedImage.build(frame, np.ones((128, 128), bool), CARM))
 
 
 @pytest.mark.parametrize("dof, offset", [(0, 6.0), (1, -6.0), (2, 15.0), (2, -15.0), (5, 4.0)])
