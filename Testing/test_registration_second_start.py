@@ -10,6 +10,7 @@ from medai.io import read_volume
 from medai.registration import Registrar, RigidPose, frame_from_array, mtre_of
 from medai.registration import pipeline
 from medai.registration.agent import Trajectory
+from medai.registration.refine import RefineOutcome
 from medai.samples import sample_path
 
 CARM = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
@@ -52,3 +53,27 @@ def test_a_confident_result_is_not_refined_twice(setup):
     assert result.confidence > pipeline.SECOND_START_CONFIDENCE
     assert result.refined_from == "agent"
     assert mtre_of(result.matrix, truth, registrar.body_points_ras) < 1.0
+
+
+def test_a_doubtful_result_is_refined_again_from_starts_along_the_beam(setup, monkeypatch):
+    """A refinement that settles 7 mm too deep (with a 1 deg tilt), unsure of itself, is restarted from the kept pose
+    moved +/- 8 mm along the beam; the restart that matches better is kept and lands on the truth."""
+    registrar, frame, truth = setup
+    stuck = RigidPose.from_pose(TRUTH).moved(np.array([0.0, 0.0, 7.0, 1.0, 0.0, 0.0]))
+    real_refine, starts = pipeline.refine, []
+
+    def refine_stuck_first(levels, pose, centre_ras, mode="2d3d", cancel=None):
+        starts.append(pose)
+        if len(starts) == 1:  # the refinement of the agent's result: stuck deep, no covariance (confidence ~0)
+            return RefineOutcome(stuck, 0.5, [], np.diag(np.full(6, np.inf)))
+        return real_refine(levels, pose, centre_ras, mode, cancel)
+
+    monkeypatch.setattr(pipeline, "SECOND_START_CONFIDENCE", 0.0)  # no second start from the initial pose
+    monkeypatch.setattr(pipeline, "refine", refine_stuck_first)
+    result = registrar.register(frame, INIT)
+    assert len(starts) == 1 + len(pipeline.DEPTH_RESTARTS_MM)
+    depths = sorted(start.error_to(stuck)[2] for start in starts[1:])
+    assert np.allclose(depths, sorted(-d for d in pipeline.DEPTH_RESTARTS_MM), atol=1e-6)  # moved along the beam only
+    assert result.refined_from == "depth restart"
+    assert mtre_of(result.matrix, truth, registrar.body_points_ras) < 1.0
+    assert result.confidence > pipeline.RESTART_CONFIDENCE

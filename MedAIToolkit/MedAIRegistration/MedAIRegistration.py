@@ -291,8 +291,9 @@ class RegistrationOutcome:
     @property
     def summary(self) -> str:
         r = self.result
-        refined = (", refined" + (" from the initial pose (refining the agent's result matched worse)"
-                                  if r.refined_from != "agent" else "")) if r.refined else ""
+        started = {"initial pose": " from the initial pose (refining the agent's result matched worse)",
+                   "depth restart": " from a start moved along the beam (it matched better)"}
+        refined = (", refined" + started.get(r.refined_from, "")) if r.refined else ""
         text = (f"{r.steps} agent steps ({r.stop_reason}){refined} in {r.seconds:.1f} s; "
                 f"similarity {r.similarity:.3f}; confidence {self.confidence:.0%} (estimated probability of an "
                 f"error within 2 mm)"

@@ -1,6 +1,7 @@
 """Register a fluoroscopy frame to a CT: the agent, then (optionally) intensity-based refinement; when the refined
 result is doubtful (confidence below :data:`SECOND_START_CONFIDENCE`), a second refinement from the initial pose,
-and the better match of the two is kept.
+and the better match of the two is kept; when it is still not sure (below :data:`RESTART_CONFIDENCE`), refinements
+from the kept pose moved along the beam (:data:`DEPTH_RESTARTS_MM`), and again the best match is kept.
 
 ``Registrar(volume, agent)`` prepares the CT once (attenuation volumes at the agent's and the refinement's
 resolutions); ``register(frame, init_pose)`` is then the per-frame work whose time is reported.
@@ -54,6 +55,13 @@ SECOND_START_CONFIDENCE = 0.5
 """Below this confidence the refinement also starts from the initial pose, and the result with the higher final
 similarity is kept (``refined_from``): on a CT it never trained on, the agent can lead the refinement away from a
 pose the refinement alone would have found."""
+RESTART_CONFIDENCE = 0.8
+DEPTH_RESTARTS_MM = (-8.0, 8.0)
+"""Below :data:`RESTART_CONFIDENCE` the refinement also restarts from the kept pose moved this far along the beam
+(tz), and the best match is kept (``refined_from`` "depth restart"): depth is the parameter a single view determines
+worst, and a refinement can settle in a local minimum a few mm deep with rotations of about 1 deg off. Unseen
+abdominal CT, 130 development frames (seeds 4243 / 5151 / 6161), < 2 mm 0.938 -> 0.962 with 11.5% of frames
+restarted, median time +0.03 s; chest (40 frames) none restarted. (+/-6 and +/-12 mm: the same frames as +/-8.)"""
 UNKNOWN_UNCERTAINTY_MM = 1e3
 """The ``log_uncertainty_mm`` feature's cap, and its value when there is no estimate (not refined)."""
 
@@ -76,7 +84,8 @@ class RegistrationResult:
     stop_reason: str
     timings: dict = field(default_factory=dict)
     features: dict = field(default_factory=dict)
-    refined_from: str = "agent"  # where the kept refinement started: "agent" or "initial pose" (second start)
+    refined_from: str = "agent"  # where the kept refinement started: "agent", "initial pose" (second start) or
+    # "depth restart" (the kept pose moved along the beam)
 
     @property
     def uncertainty_mm(self) -> float | None:
@@ -163,6 +172,19 @@ class Registrar:
                 if second.similarity > kept.similarity and not (cancel is not None and cancel()):
                     kept, refined_from = second, "initial pose"
                     features = self._outcome_features(kept, agent_similarity, agent_pose)
+            if self._confidence(features) < RESTART_CONFIDENCE:
+                doubtful = kept.pose  # every restart moves this pose
+                for depth in DEPTH_RESTARTS_MM:
+                    if cancel is not None and cancel():
+                        break
+                    deeper = doubtful.moved(np.array([0.0, 0.0, depth, 0.0, 0.0, 0.0]))
+                    try:
+                        restart = refine(levels, deeper, self.centre_ras, mode, cancel)
+                    except MedAIInputError:  # the moved pose puts the body across the source or detector
+                        continue
+                    if restart.similarity > kept.similarity and not (cancel is not None and cancel()):
+                        kept, refined_from = restart, "depth restart"
+                features = self._outcome_features(kept, agent_similarity, agent_pose)
             pose, similarity, refine_log = kept.pose, kept.similarity, kept.log
         confidence = self._confidence(features)
         end = time.perf_counter()
