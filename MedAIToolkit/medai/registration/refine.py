@@ -131,6 +131,21 @@ class _Residual:
         coef = torch.linalg.lstsq(basis[self.level.fixed.mask], self.fixed_values[:, None]).solution[:, 0]
         return (basis @ coef).float()
 
+    def choose_blur(self, pose: RigidPose) -> float:
+        """Set the level's ``blur_px`` to the one among its ``blur_candidates`` that best matches the DRR at ``pose``
+        to the frame, and return it (one render, kept for the iterations that start there)."""
+        matrix = pose.matrix(self.centre)
+        image = self._images.get(matrix.tobytes())
+        if image is None:
+            image = self._render(matrix)
+
+        def cost(blur: float) -> float:
+            r = self.target - self._moving_features(image, blur)
+            return float(r @ r)
+
+        self.level = replace(self.level, blur_px=float(min(self.level.blur_candidates, key=cost)))
+        return self.level.blur_px
+
     def __call__(self, pose: RigidPose) -> torch.Tensor:
         return self.target - self._moving_features(self._render(pose.matrix(self.centre)))
 
@@ -235,22 +250,23 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     jac = r = residual = None
     for index, level in enumerate(levels):
         last = index == len(levels) - 1
-        chosen = estimate_blur(level, pose, centre_ras) if level.blur_candidates else level
-        pose, r, cost, jac, residual = _refine_level(chosen, pose, centre_ras, dofs, index, last, log, cancel)
+        residual = _Residual(level, centre_ras)  # Jacobians do not carry across levels; renders within one do
+        if level.blur_candidates:
+            residual.choose_blur(pose)
+        pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
         if level.blur_candidates and not (cancel is not None and cancel()):
             # the blur chosen where the level started may not be the one that fits best where it ended
-            again = estimate_blur(level, pose, centre_ras)
-            if again.blur_px != chosen.blur_px:
-                pose, r, cost, jac, residual = _refine_level(again, pose, centre_ras, dofs, index, last, log, cancel)
+            started_with = residual.level.blur_px
+            if residual.choose_blur(pose) != started_with:
+                pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
 
 
-def _refine_level(level: RefineLevel, pose: RigidPose, centre_ras, dofs, index: int, last: bool, log: list,
-                  cancel=None):
-    """One level's Levenberg-Marquardt iterations from ``pose``; returns pose, residual vector, cost, the Jacobian
-    (rendered afresh at the final pose on a Broyden level or the last level) and the level's residual function."""
-    residual, jac, fresh = _Residual(level, centre_ras), None, False  # Jacobians do not carry across levels
+def _refine_level(residual: _Residual, pose: RigidPose, dofs, index: int, last: bool, log: list, cancel=None):
+    """One level's Levenberg-Marquardt iterations from ``pose``; returns pose, residual vector, cost and the Jacobian
+    (rendered afresh at the final pose on a Broyden level or the last level)."""
+    level, jac, fresh = residual.level, None, False
     r = residual(pose)
     cost = float(r @ r)
     damping = 1e-3
@@ -275,21 +291,14 @@ def _refine_level(level: RefineLevel, pose: RigidPose, centre_ras, dofs, index: 
         if level.broyden:
             pose, r, cost, _, _, _, _ = _damped_step(residual, pose, r, cost, jac, dofs, 1e-3, False)
             log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
-    return pose, r, cost, jac, residual
+    return pose, r, cost, jac
 
 
 def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLevel:
     """``level`` with the ``blur_px`` among its ``blur_candidates`` that best matches the DRR at ``pose`` to the
     frame (one render): a frame blurred more than the DRR, then put through a non-linear display curve, has
     body outlines whose gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
-    residual = _Residual(level, centre_ras)
-    image = residual._render(pose.matrix(centre_ras))
-
-    def cost(blur: float) -> float:
-        r = residual.target - residual._moving_features(image, blur)
-        return float(r @ r)
-
-    return replace(level, blur_px=float(min(level.blur_candidates, key=cost)), blur_candidates=())
+    return replace(level, blur_px=_Residual(level, centre_ras).choose_blur(pose), blur_candidates=())
 
 
 def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
