@@ -166,24 +166,13 @@ class Registrar:
                 levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), **options))
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             features = self._outcome_features(kept, agent_similarity, agent_pose)
-            if (self._confidence(features) < SECOND_START_CONFIDENCE and not (cancel is not None and cancel())
+            if (self._confidence(features) < SECOND_START_CONFIDENCE
                     and pose_distance(init.error_to(agent_pose)) > 1.0):
-                second = refine(levels, init, self.centre_ras, mode, cancel)
-                if second.similarity > kept.similarity and not (cancel is not None and cancel()):
-                    kept, refined_from = second, "initial pose"
-                    features = self._outcome_features(kept, agent_similarity, agent_pose)
+                kept, refined_from = self._best_match(levels, [init], kept, refined_from, "initial pose", mode, cancel)
+                features = self._outcome_features(kept, agent_similarity, agent_pose)
             if self._confidence(features) < RESTART_CONFIDENCE:
-                doubtful = kept.pose  # every restart moves this pose
-                for depth in DEPTH_RESTARTS_MM:
-                    if cancel is not None and cancel():
-                        break
-                    deeper = doubtful.moved(np.array([0.0, 0.0, depth, 0.0, 0.0, 0.0]))
-                    try:
-                        restart = refine(levels, deeper, self.centre_ras, mode, cancel)
-                    except MedAIInputError:  # the moved pose puts the body across the source or detector
-                        continue
-                    if restart.similarity > kept.similarity and not (cancel is not None and cancel()):
-                        kept, refined_from = restart, "depth restart"
+                deeper = [kept.pose.moved(np.array([0.0, 0.0, depth, 0.0, 0.0, 0.0])) for depth in DEPTH_RESTARTS_MM]
+                kept, refined_from = self._best_match(levels, deeper, kept, refined_from, "depth restart", mode, cancel)
                 features = self._outcome_features(kept, agent_similarity, agent_pose)
             pose, similarity, refine_log = kept.pose, kept.similarity, kept.log
         confidence = self._confidence(features)
@@ -194,6 +183,20 @@ class Registrar:
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log))}, features, refined_from)
+
+    def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
+        """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
+        beats it) and where it started (``label`` for these starts)."""
+        for start in starts:
+            if cancel is not None and cancel():
+                break
+            try:
+                outcome = refine(levels, start, self.centre_ras, mode, cancel)
+            except MedAIInputError:  # a moved start puts the body across the source or the detector
+                continue
+            if outcome.similarity > kept.similarity and not (cancel is not None and cancel()):
+                kept, refined_from = outcome, label
+        return kept, refined_from
 
     def _confidence(self, features: dict) -> float:
         return confidence_from(features, self.agent.card.get("confidence"))
