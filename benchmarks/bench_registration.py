@@ -9,7 +9,10 @@ the true pose is that nominal view off by up to 20 mm / 10 deg in every paramete
 nominal view. Frames are DRRs of the FULL-resolution CT degraded like fluoroscopy (quantum noise, blur, gamma,
 contrast, collimation / truncated field); quantum noise at a fixed tube output (the default and the record: the
 abdomen's frames get ~5x fewer quanta than the chest's at the median body pixel) or, with ``--dose aec``, under
-automatic exposure control as on a real C-arm (same poses and C-arms; section labels say "AEC dose").
+automatic exposure control as on a real C-arm (same poses and C-arms; section labels say "AEC dose"). With
+``--processing`` the log image also goes through a C-arm's image processing before the display curve (dynamic-range
+compression and edge enhancement, settings drawn per case: ``augment.random_processing``; labels say "C-arm
+processing").
 mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
 < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
@@ -50,14 +53,16 @@ def _load(name):
     return read_volume(name)
 
 
-def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed"):
+def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False):
     """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT; ``dose``:
     the frames' quantum noise at a fixed tube output or under automatic exposure control
-    (:func:`medai.registration.augment.fluoroscopy_like`). Either way the seed gives the same poses and C-arms: the
-    AEC frame is degraded from the generator's state before the fixed-dose frame, which keeps the sequence."""
+    (:func:`medai.registration.augment.fluoroscopy_like`); ``processing``: C-arm image processing (settings from
+    a generator of their own, seeded by ``seed`` and the case's number). Either way the seed gives the same poses and
+    C-arms: the AEC or processed frame is degraded from the generator's state before the fixed-dose frame, which keeps
+    the sequence."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.errors import MedAIInputError
-    from medai.registration.augment import fluoroscopy_like
+    from medai.registration.augment import fluoroscopy_like, random_processing
 
     volume = _load(ct_name)
     full = prepare_ct(volume)
@@ -78,10 +83,11 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed"):
             continue
         state = rng.bit_generator.state
         image, _ = fluoroscopy_like(line_integrals, rng)
-        if dose != "fixed":
+        if dose != "fixed" or processing:
             replay = np.random.default_rng()
             replay.bit_generator.state = state
-            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose)
+            settings = random_processing(np.random.default_rng([seed, len(cases)])) if processing else None
+            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose, processing=settings)
         cases.append({"image": image, "carm": carm.to_dict(), "truth": truth.as_array(), "init": nominal.as_array(),
                       "view": (primary, secondary)})
     return cases
@@ -251,10 +257,13 @@ def main(argv=None) -> int:
     parser.add_argument("--write-card", action="store_true", help="store the results in the agent card's held_out")
     parser.add_argument("--dose", choices=("fixed", "aec"), default="fixed",
                         help="the frames' quantum noise: fixed tube output (the record) or automatic exposure control")
+    parser.add_argument("--processing", action="store_true",
+                        help="frames through a C-arm's image processing (dynamic-range compression, edge enhancement)")
     args = parser.parse_args(argv)
-    if (args.write_card or args.calibrate) and args.dose != "fixed":
-        parser.error("--write-card and --calibrate record the fixed-dose benchmark; run --dose aec without them")
-    tag = " (AEC dose)" if args.dose == "aec" else ""
+    if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing):
+        parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec or "
+                     "--processing without them")
+    tag = (" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "")
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
@@ -266,11 +275,11 @@ def main(argv=None) -> int:
         print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
     if args.cases:  # 0: the abdominal CT alone (e.g. more of its cases)
         t0 = time.time()
-        cases = make_cases("chest", args.cases, TEST_SEED, args.dose)
+        cases = make_cases("chest", args.cases, TEST_SEED, args.dose, args.processing)
         print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
         all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag))
     if args.ircad_cases:
-        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose)
+        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose, args.processing)
         seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"
         all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen}){tag}"))
         if args.unseen_agent:  # how an agent does on a CT it never saw, when the generic one trained on IRCAD

@@ -8,6 +8,9 @@ that leaves 1-140 quanta per pixel, behind a chest 7-700, at the median body pix
 control, as every fluoroscopy C-arm has, sets the tube output so that the central measuring field (the middle half of
 the detector) receives 10^1.65-10^3.2 quanta per pixel at its median: 10-40 nGy per frame at a flat panel, ~30 quanta
 per mm^2 per nGy (IEC RQA5 beam), 0.5-1.5 mm pixels, a detector efficiency of ~0.6.
+``carm_processing``: what a C-arm's image chain does to the log image before the display curve: dynamic-range
+compression (a fraction of a wide Gaussian low-pass subtracted, so the dense and the thin parts of the body both
+stay in the display window) and edge enhancement (unsharp masking); ``random_processing`` draws its settings.
 ``augment_ct``: HU scale and offset, noise, a random crop and a smooth random deformation; optionally the air
 inside the body (lungs, bowel gas) filled with soft tissue (``fill_air``), so that one chest CT also yields
 abdomen-like anatomy: spine, ribs and soft tissue without the lungs' contrast.
@@ -42,10 +45,33 @@ def tube_output(line_integrals: np.ndarray, level: float, dose: str = "fixed") -
     return 10 ** (AEC_DOSE_LOG10[0] + share * (AEC_DOSE_LOG10[1] - AEC_DOSE_LOG10[0])) / transmission
 
 
+def random_processing(rng: np.random.Generator) -> dict:
+    """Settings of :func:`carm_processing` as C-arms use them: compression of 30-70% at a 5-15% (of the image width)
+    Gaussian, edge enhancement of 0.5-2x at 0.8-2.5%."""
+    return {"drc_amount": float(rng.uniform(0.3, 0.7)), "drc_width": float(rng.uniform(0.05, 0.15)),
+            "edge_amount": float(rng.uniform(0.5, 2.0)), "edge_width": float(rng.uniform(0.008, 0.025))}
+
+
+def carm_processing(image: np.ndarray, drc_amount: float = 0.0, drc_width: float = 0.1, edge_amount: float = 0.0,
+                    edge_width: float = 0.015) -> np.ndarray:
+    """A log image (H, W) through a C-arm's processing: ``image - drc_amount * G(image)`` (dynamic-range
+    compression), then ``+ edge_amount * (image - G(image))`` (unsharp masking); the Gaussians' sigmas are
+    ``drc_width`` and ``edge_width`` times the image width."""
+    image = np.asarray(image, dtype=np.float64)
+    width = image.shape[-1]
+    if drc_amount > 0:
+        image = image - drc_amount * ndimage.gaussian_filter(image, drc_width * width, mode="nearest")
+    if edge_amount > 0:
+        image = image + edge_amount * (image - ndimage.gaussian_filter(image, edge_width * width, mode="nearest"))
+    return image
+
+
 def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
-                     collimate: bool = True, dose: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
+                     collimate: bool = True, dose: str = "fixed",
+                     processing: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image, field mask) of a degraded frame from DRR line integrals (H, W). ``strength`` 0 returns the DRR.
-    ``dose``: "fixed" tube output or "aec" (see the module docstring)."""
+    ``dose``: "fixed" tube output or "aec" (see the module docstring). ``processing``: :func:`carm_processing`
+    settings applied to the log image before the display curve (None: none; draws nothing from ``rng``)."""
     image = np.asarray(line_integrals, dtype=np.float64)
     height, width = image.shape
     mask = np.ones(image.shape, bool)
@@ -57,6 +83,8 @@ def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, stren
     sigma = rng.uniform(0.0, 1.5 * strength) * max(height, width) / 128
     if sigma > 0.2:
         image = ndimage.gaussian_filter(image, sigma)
+    if processing:
+        image = carm_processing(image, **processing)
     low, high = np.percentile(image, [0.5, 99.5])
     image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     image = image ** np.exp(rng.uniform(-0.4, 0.4) * strength)

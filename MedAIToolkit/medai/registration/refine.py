@@ -2,8 +2,9 @@
 
 The residual is ``f - m(p)`` of the fixed and moving images, each smoothed, zero-mean and unit-norm inside the
 frame's field, so its squared norm is ``2 (1 - NCC)``; with ``gradients=True`` the images are their x/y
-gradients (gradient correlation, robust to intensity differences). A level may first blur the DRR like the frame
-(``blur_px``, or the best of ``blur_candidates``) and map it to the frame's intensities by a least-squares polynomial
+gradients (gradient correlation, robust to intensity differences). A level may first filter the DRR like the frame
+(``blur_px``, the C-arm's dynamic-range compression ``flatten`` and edge enhancement ``sharpen``, or the best of
+their candidates: :meth:`_Residual.choose_filter`) and map it to the frame's intensities by a least-squares polynomial
 (``intensity_degree``): the frame's display curve is unknown. The Jacobian in the six C-arm-frame
 parameters is taken by finite differences (of rendered images; for the in-plane parameters, optionally, of the
 rendered image warped in 2D) and kept up to date by Broyden updates between them. Multi-resolution:
@@ -48,6 +49,10 @@ class RefineLevel:
     intensity_degree: int = 0  # > 0: the DRR is first mapped to the frame's intensities by a polynomial (_Residual._mapped)
     blur_px: float = 0.0  # the frame's own blur: the DRR is blurred by it before the intensity mapping
     blur_candidates: tuple = ()  # if given, blur_px is chosen among these at the level's start (see estimate_blur)
+    flatten: tuple = (0.0, 0.0)  # (amount, sigma px): the frame's dynamic-range compression, D - amount G(D)
+    flatten_candidates: tuple = ()  # if given, flatten is chosen among these and none (see _Residual.choose_filter)
+    sharpen: tuple = (0.0, 0.0)  # (amount, sigma px): the frame's edge enhancement, D + amount (D - G(D))
+    sharpen_candidates: tuple = ()  # likewise
 
 
 def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -62,6 +67,11 @@ def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0, 0]
 
 
+FILTER_MIN_GAIN = 0.01
+"""A frame-processing candidate (dynamic-range compression, edge enhancement) is taken only when it lowers the fine
+level's cost by this share over none: on unprocessed development frames the best candidate's gain stays below 0.001
+(95th percentile), and choosing it anyway cost accuracy (unseen CT 0.967 -> 0.867 within 2 mm, 30 frames); on
+processed frames the compression's gain is 0.02-0.7."""
 WARP_POINTS = 256
 """Body points whose projections fit the in-plane motion of a warped Jacobian column."""
 BLOCK_PX = 16
@@ -110,11 +120,16 @@ class _Residual:
             out.append(part / part.norm().clamp(min=1e-12))
         return torch.cat(out) / np.sqrt(len(out))
 
-    def _moving_features(self, image: torch.Tensor, blur_px: float | None = None) -> torch.Tensor:
-        """Features of a rendered DRR: blurred like the frame (the level's ``blur_px`` unless given) and mapped to its
-        intensities, where the level says so."""
-        image = _smooth(image, self.level.blur_px if blur_px is None else blur_px)
-        if self.level.intensity_degree > 0:
+    def _moving_features(self, image: torch.Tensor, level: RefineLevel | None = None) -> torch.Tensor:
+        """Features of a rendered DRR: filtered like the frame (blur, dynamic-range compression, edge enhancement: the
+        level's, or those of ``level``) and mapped to its intensities, where the level says so."""
+        level = level or self.level
+        image = _smooth(image, level.blur_px)
+        if level.flatten[0] > 0:
+            image = image - level.flatten[0] * _smooth(image, level.flatten[1])
+        if level.sharpen[0] > 0:
+            image = image + level.sharpen[0] * (image - _smooth(image, level.sharpen[1]))
+        if level.intensity_degree > 0:
             image = self._mapped(image)
         return self._features(image)
 
@@ -131,20 +146,58 @@ class _Residual:
         coef = torch.linalg.lstsq(basis[self.level.fixed.mask], self.fixed_values[:, None]).solution[:, 0]
         return (basis @ coef).float()
 
-    def choose_blur(self, pose: RigidPose) -> float:
-        """Set the level's ``blur_px`` to the one among its ``blur_candidates`` that best matches the DRR at ``pose``
-        to the frame, and return it (one render, kept for the iterations that start there)."""
+    def choose_filter(self, pose: RigidPose) -> tuple:
+        """Set the level's frame filter (``blur_px``, ``flatten``, ``sharpen``) to the one among its candidates that
+        best matches the DRR at ``pose`` to the frame, and return it (one render, kept for the iterations that start
+        there). Searched one kind at a time: blur, dynamic-range compression, edge enhancement (each of the last two
+        searched only when its first candidate lowers the cost at all, and taken only when the best one lowers it by
+        :data:`FILTER_MIN_GAIN` over none), then blur again. One cost is one filtering, intensity fit and
+        feature computation of the same render: about 3 ms at 128 px."""
         matrix = pose.matrix(self.centre)
         image = self._images.get(matrix.tobytes())
         if image is None:
             image = self._render(matrix)
 
-        def cost(blur: float) -> float:
-            r = self.target - self._moving_features(image, blur)
-            return float(r @ r)
+        costs = {}
 
-        self.level = replace(self.level, blur_px=float(min(self.level.blur_candidates, key=cost)))
-        return self.level.blur_px
+        def cost(level: RefineLevel) -> float:
+            key = (level.blur_px, level.flatten, level.sharpen)
+            if key not in costs:
+                r = self.target - self._moving_features(image, level)
+                costs[key] = float(r @ r)
+            return costs[key]
+
+        level = self._best_blur(self.level, cost)
+        for name in ("flatten", "sharpen"):
+            candidates = [tuple(c) for c in getattr(level, name + "_candidates")]
+            if not candidates:
+                continue
+            plain = replace(level, **{name: (0.0, 0.0)})
+            plain_cost = cost(plain)
+            # the first candidate probes; edge enhancement undoes part of the frame's blur, so the blur found without
+            # it is too small: it is probed with that blur and the next two larger ones
+            blurs = sorted(b for b in level.blur_candidates if b >= level.blur_px)[:3] if name == "sharpen" else []
+            probe = min((replace(plain, **{name: candidates[0]}, **({"blur_px": float(b)} if blurs else {}))
+                         for b in (blurs or [level.blur_px])), key=cost)
+            if cost(probe) >= plain_cost:
+                level = plain  # no gain from the probe, no search (an unprocessed frame)
+                continue
+            best = min((replace(probe, **{name: c}) for c in candidates), key=cost)
+            level = best if cost(best) < (1.0 - FILTER_MIN_GAIN) * plain_cost else plain
+        if level.flatten[0] > 0 or level.sharpen[0] > 0:
+            level = self._best_blur(level, cost)  # a frame's blur and its edge enhancement partly undo each other
+        self.level = level
+        return level.blur_px, level.flatten, level.sharpen
+
+    @staticmethod
+    def _best_blur(level: RefineLevel, cost) -> RefineLevel:
+        if not level.blur_candidates:
+            return level
+        return min((replace(level, blur_px=float(b)) for b in level.blur_candidates), key=cost)
+
+    def choose_blur(self, pose: RigidPose) -> float:
+        """Choose the frame filter (:meth:`choose_filter`) and return its blur."""
+        return self.choose_filter(pose)[0]
 
     def __call__(self, pose: RigidPose) -> torch.Tensor:
         return self.target - self._moving_features(self._render(pose.matrix(self.centre)))
@@ -251,13 +304,14 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     for index, level in enumerate(levels):
         last = index == len(levels) - 1
         residual = _Residual(level, centre_ras)  # Jacobians do not carry across levels; renders within one do
-        if level.blur_candidates:
-            residual.choose_blur(pose)
+        chooses = bool(level.blur_candidates or level.flatten_candidates or level.sharpen_candidates)
+        if chooses:
+            residual.choose_filter(pose)
         pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
-        if level.blur_candidates and not (cancel is not None and cancel()):
-            # the blur chosen where the level started may not be the one that fits best where it ended
-            started_with = residual.level.blur_px
-            if residual.choose_blur(pose) != started_with:
+        if chooses and not (cancel is not None and cancel()):
+            # the filter chosen where the level started may not be the one that fits best where it ended
+            started_with = (residual.level.blur_px, residual.level.flatten, residual.level.sharpen)
+            if residual.choose_filter(pose) != started_with:
                 pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
