@@ -72,3 +72,24 @@ def test_carm_processing_compresses_the_range_and_sharpens_edges():
     assert np.ptp(flat[:, 10]) < 0.6 * np.ptp(step[:, 10])
     sharp = carm_processing(step, edge_amount=1.0, edge_width=0.03)
     assert sharp[32, 32] > step[32, 32] and sharp[32, 31] < step[32, 31]  # overshoot on both sides of the edge
+
+
+def test_training_frames_can_go_through_the_processing_without_changing_the_rest(sample_ct):
+    """The same seed gives the same frame but for the processing (which draws nothing from the frame's generator):
+    fine detail relative to the whole range is stronger, and the training config switches it on by probability."""
+    from medai.registration.augment import fluoroscopy_like, random_processing
+    from medai.registration.training import TrainingConfig
+
+    _, ct, _ = sample_ct
+    with torch.inference_mode():
+        line_integrals = render(ct, CARM, TRUTH)[0].numpy()
+    settings = random_processing(np.random.default_rng(1))
+    plain, mask = fluoroscopy_like(line_integrals, np.random.default_rng(5), collimate=False)
+    processed, mask2 = fluoroscopy_like(line_integrals, np.random.default_rng(5), collimate=False, processing=settings)
+    assert mask.all() and mask2.all() and not np.allclose(plain, processed)
+
+    def detail(image):
+        return np.abs(image - ndimage.gaussian_filter(image, 2.0)).mean() / image.std()
+
+    assert detail(processed) > 1.3 * detail(plain)
+    assert TrainingConfig.from_dict({"processing": 0.5}).processing == 0.5

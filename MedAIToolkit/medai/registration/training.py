@@ -32,7 +32,7 @@ from ..drr.renderer import PreparedCT, prepare_ct, render_matrix
 from ..errors import MedAIInputError
 from ..io import Volume
 from .agent import Agent, AgentSettings, revisits, run_agent
-from .augment import augment_ct, fluoroscopy_like
+from .augment import augment_ct, fluoroscopy_like, random_processing
 from .environment import Environment, FixedImage, make_state, render_views
 from .motion import N_FEATURES, body_points
 from .pipeline import resampled_ct
@@ -67,6 +67,7 @@ class TrainingConfig:
     fill_air: float = 0.0  # probability that a copy's lungs / bowel gas are filled with soft tissue (abdomen-like)
     short_scan: float = 0.0  # probability that a copy keeps only 45-85% of its slices (one region's scan)
     size: float = 0.0  # a copy's build: voxel spacing scaled by up to 1 +/- size (augment_ct): no depth from body size
+    processing: float = 0.0  # probability that a frame goes through a C-arm's image processing (augment.carm_processing)
     ct_refresh_every: int = 150  # iterations between replacing one augmented copy
     motion_features: bool = True  # the state's motion features (an agent started without them is widened, zeros)
     validate_every: int = 250
@@ -132,7 +133,8 @@ def sample_case(rng: np.random.Generator, cts: list[PreparedCT], centres: list, 
             RigidPose.from_pose(nominal).matrix(centres[ct_index])
         except MedAIInputError:
             continue
-        image, mask = fluoroscopy_like(line_integrals, rng, config.fluoro_strength)
+        processing = random_processing(rng) if config.processing > 0 and rng.uniform() < config.processing else None
+        image, mask = fluoroscopy_like(line_integrals, rng, config.fluoro_strength, processing=processing)
         if mask.mean() < 0.3:
             continue
         return Case(ct_index, carm, truth, FixedImage.build(image, mask, carm), RigidPose.from_pose(nominal))
