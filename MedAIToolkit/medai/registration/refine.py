@@ -48,7 +48,7 @@ class RefineLevel:
     warp_dofs: tuple = ()  # parameters whose Jacobian column comes from warping the rendered image (see _Residual)
     intensity_degree: int = 0  # > 0: the DRR is first mapped to the frame's intensities by a polynomial (_Residual._mapped)
     blur_px: float = 0.0  # the frame's own blur: the DRR is blurred by it before the intensity mapping
-    blur_candidates: tuple = ()  # if given, blur_px is chosen among these at the level's start (see estimate_blur)
+    blur_candidates: tuple = ()  # if given, blur_px is chosen among these at the level's start (choose_filter)
     flatten: tuple = (0.0, 0.0)  # (amount, sigma px): the frame's dynamic-range compression, D - amount G(D)
     flatten_candidates: tuple = ()  # if given, flatten is chosen among these and none (see _Residual.choose_filter)
     sharpen: tuple = (0.0, 0.0)  # (amount, sigma px): the frame's edge enhancement, D + amount (D - G(D))
@@ -177,8 +177,8 @@ class _Residual:
             # the first candidate probes; edge enhancement undoes part of the frame's blur, so the blur found without
             # it is too small: it is probed with that blur and the next two larger ones
             blurs = sorted(b for b in level.blur_candidates if b >= level.blur_px)[:3] if name == "sharpen" else []
-            probe = min((replace(plain, **{name: candidates[0]}, **({"blur_px": float(b)} if blurs else {}))
-                         for b in (blurs or [level.blur_px])), key=cost)
+            probe = min((replace(plain, **{name: candidates[0]}, blur_px=float(b)) for b in blurs or [level.blur_px]),
+                        key=cost)
             if cost(probe) >= plain_cost:
                 level = plain  # no gain from the probe, no search (an unprocessed frame)
                 continue
@@ -194,10 +194,6 @@ class _Residual:
         if not level.blur_candidates:
             return level
         return min((replace(level, blur_px=float(b)) for b in level.blur_candidates), key=cost)
-
-    def choose_blur(self, pose: RigidPose) -> float:
-        """Choose the frame filter (:meth:`choose_filter`) and return its blur."""
-        return self.choose_filter(pose)[0]
 
     def __call__(self, pose: RigidPose) -> torch.Tensor:
         return self.target - self._moving_features(self._render(pose.matrix(self.centre)))
@@ -349,10 +345,13 @@ def _refine_level(residual: _Residual, pose: RigidPose, dofs, index: int, last: 
 
 
 def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLevel:
-    """``level`` with the ``blur_px`` among its ``blur_candidates`` that best matches the DRR at ``pose`` to the
-    frame (one render): a frame blurred more than the DRR, then put through a non-linear display curve, has
-    body outlines whose gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
-    return replace(level, blur_px=_Residual(level, centre_ras).choose_blur(pose), blur_candidates=())
+    """``level`` with the frame filter (``blur_px`` among its ``blur_candidates``, and compression / enhancement
+    where it has candidates for them) that best matches the DRR at ``pose`` to the frame (one render), the candidates
+    cleared: a frame blurred more than the DRR, then put through a non-linear display curve, has body outlines whose
+    gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
+    residual = _Residual(level, centre_ras)
+    residual.choose_filter(pose)
+    return replace(residual.level, blur_candidates=(), flatten_candidates=(), sharpen_candidates=())
 
 
 def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
