@@ -191,6 +191,27 @@ def test_a_comparison_run_is_added_to_the_card_without_touching_the_weights(tmp_
     assert "| pneumonia-budget-tiny | resnet10 |" in doc.read_text()
 
 
+def test_calibration_weighs_every_class_the_same_unless_told_otherwise():
+    """Uninformative logits on a 3:1 validation set: fitted to the set's likelihood the bias learns its class mix
+    (log 3 between the classes); class-balanced, it learns none, so the argmax does not favour the frequent class."""
+    from medai.diagnosis.metrics import fit_calibration
+
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(300, int), np.ones(100, int)]
+    logits = rng.normal(0, 0.01, (400, 2))
+    _, plain = fit_calibration(logits, truth, class_balanced=False)
+    _, balanced = fit_calibration(logits, truth)
+    assert plain[0] - plain[1] == pytest.approx(np.log(3), abs=0.05)
+    assert abs(balanced[0] - balanced[1]) < 0.05
+    # logits three times too confident (true log-odds s, logits 3 s): both fits find the temperature
+    s_true = rng.normal(0, 2, 4000)
+    labels = (rng.uniform(size=4000) < 1 / (1 + np.exp(s_true))).astype(int)  # P(class 0) = sigmoid(s)
+    overconfident = np.c_[1.5 * s_true, -1.5 * s_true]
+    for balanced_fit in (False, True):
+        temperature, _ = fit_calibration(overconfident, labels, class_balanced=balanced_fit)
+        assert temperature == pytest.approx(3.0, rel=0.1)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_shipped_model_reproduces_its_card(data_dir, task):
     from medai.diagnosis.evaluation import evaluate_split

@@ -4,6 +4,7 @@
         [--network compact|densenet121|resnet10] [--init CHECKPOINT] [--epochs N] [--out runs/pneumonia]
         [--resume] [--export] [--compare runs/a runs/b ...] [--optuna N]
     python training/train_diagnosis.py --task covid --add-to-card runs/covid-budget-densenet121   # card only
+    python training/train_diagnosis.py --task covid --recalibrate   # shipped model: calibration refitted, card only
     torchrun --nproc_per_node 2 training/train_diagnosis.py --task pneumonia ...   # DDP (gloo on CPU)
 
 ``--device auto|cpu|cuda`` (auto: CUDA when there is a GPU). Under torchrun, ``batch_size`` is the global batch:
@@ -14,7 +15,7 @@ as one (``medai.distributed``; dropout masks excepted). Rank 0 alone validates, 
 Patient-level splits (medai.diagnosis.data). Class-balanced sampling, MONAI augmentation, AdamW + one-cycle
 schedule, an exponential moving average of the weights (what is validated and saved), early stopping on the
 validation loss (not before ``min_epochs``). Writes to ``--out``: ``metrics.csv`` (per epoch), ``last.pt`` (resumable), ``best.pt``,
-``eval/`` (temperature fitted on validation; held-out test metrics ``eval.json`` and ROC / confusion /
+``eval/`` (temperature and class bias fitted on validation, every class weighing the same; held-out test metrics ``eval.json`` and ROC / confusion /
 reliability PNGs). ``--init`` starts from another model's weights (cross-task pre-training; the class head is
 re-initialised when the classes differ). ``--export`` writes ``Resources/Models/<task>.pt`` and its model card.
 """
@@ -349,23 +350,26 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool = False) -> dict:
-    """Best checkpoint: temperature fitted on validation, metrics on the held-out test split, plots."""
-    task = get_task(task_name)
-    out = Path(out)
-    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    spec = ckpt["network"]
-    card = {"network": spec, "image_size": ckpt.get("image_size", task.image_size), "classes": list(task.classes),
-            "intensity": ckpt.get("intensity", "percentile")}
-    classifier = Classifier(task, state_dict=ckpt["ema"], card=card)
-    # test-time augmentation only where it pays on validation (lower NLL after temperature scaling)
+def calibrated_nll(logits, truth, temperature: float, bias) -> float:
+    """Class-balanced validation NLL of ``softmax(logits / T + bias)``: the criterion calibration is fitted on."""
+    truth = torch.as_tensor(np.asarray(truth), dtype=torch.long)
+    counts = torch.bincount(truth, minlength=np.shape(logits)[1]).double()
+    weight = torch.where(counts > 0, counts.sum() / counts.clamp(min=1) / int((counts > 0).sum()), 0.0)
+    z = torch.as_tensor(logits, dtype=torch.float64) / temperature + torch.tensor(bias, dtype=torch.float64)
+    return float(F.cross_entropy(z, truth, weight=weight))
+
+
+def evaluate_classifier(task, classifier: Classifier, eval_dir: Path, heatmaps: bool = True,
+                        progress: bool = False) -> dict:
+    """Calibration and test-time augmentation fitted on validation (set on ``classifier``), metrics on the random
+    test and external splits, heat maps, plots under ``eval_dir``."""
+    # test-time augmentation only where it pays on validation (lower NLL after calibration)
     choice = {}
     for tta in (False, True):
         classifier.tta = tta
         _, logits_v, val_truth = split_logits(classifier, "val", progress)
         t, bias = fit_calibration(logits_v, val_truth)
-        z = torch.as_tensor(logits_v, dtype=torch.float64) / t + torch.tensor(bias, dtype=torch.float64)
-        choice[tta] = (float(F.cross_entropy(z, torch.as_tensor(val_truth))), (t, bias), logits_v)
+        choice[tta] = (calibrated_nll(logits_v, val_truth, t, bias), (t, bias), logits_v)
     classifier.tta = choice[True][0] < choice[False][0]
     _, (temperature, bias), val_logits = choice[classifier.tta]
     recs, logits, truth = split_logits(classifier, "test", progress)
@@ -373,23 +377,79 @@ def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool
     report["validation"] = classification_report(softmax(val_logits, temperature, bias), val_truth, task.classes)
     ext_recs, ext_logits, ext_truth = split_logits(classifier, "external", progress)
     report["external"] = report_from_logits(ext_recs, ext_logits, ext_truth, task.classes, temperature, bias)
-    report["best_epoch"] = ckpt["best"]["epoch"]
     report["tta"] = classifier.tta
     report["tta_validation_nll"] = {"without": choice[False][0], "with": choice[True][0]}
-    report["network"] = spec
     report["parameters"] = sum(p.numel() for p in classifier.model.parameters())
     classifier.temperature, classifier.logit_bias = temperature, np.asarray(bias)
     if heatmaps:
         report["heatmap"] = heatmap_lung_fraction(classifier, "test")
         report["validation_heatmap"] = heatmap_lung_fraction(classifier, "val")
         report["external"]["heatmap"] = heatmap_lung_fraction(classifier, "external")
-    eval_dir = out / "eval"
     save_evaluation_plots(softmax(logits, temperature, bias), truth, task.classes, eval_dir, f"{task.name} (held-out test)",
                           uncalibrated=softmax(logits))
     save_evaluation_plots(softmax(ext_logits, temperature, bias), ext_truth, task.classes, eval_dir / "external",
                           f"{task.name} (external: unseen sub-sources)", uncalibrated=softmax(ext_logits))
-    (eval_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def evaluate_run(task_name: str, out: str, heatmaps: bool = True, progress: bool = False) -> dict:
+    """Best checkpoint: calibration fitted on validation, metrics on the held-out splits, plots."""
+    task = get_task(task_name)
+    out = Path(out)
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    spec = ckpt["network"]
+    card = {"network": spec, "image_size": ckpt.get("image_size", task.image_size), "classes": list(task.classes),
+            "intensity": ckpt.get("intensity", "percentile")}
+    classifier = Classifier(task, state_dict=ckpt["ema"], card=card)
+    report = evaluate_classifier(task, classifier, out / "eval", heatmaps, progress)
+    report["best_epoch"] = ckpt["best"]["epoch"]
+    report["network"] = spec
+    (out / "eval" / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+CALIBRATION_NOTE = ("bias-corrected temperature scaling: softmax(logits / temperature + logit_bias), both fitted on the "
+                    "validation patients with every class weighing the same (probabilities for equal class priors: "
+                    "medai.diagnosis.metrics.fit_calibration)")
+
+
+def held_out_sections(report: dict) -> dict:
+    """The card's held-out sections of an evaluation report."""
+    keys = ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece", "ece_uncalibrated", "per_class",
+            "confusion_matrix", "subgroups", "heatmap")
+    return {"temperature": report["temperature"], "logit_bias": report["logit_bias"], "calibration": CALIBRATION_NOTE,
+            "tta": report["tta"], "tta_validation_nll": report["tta_validation_nll"],
+            "held_out_test": {k: report[k] for k in keys},
+            "external_test": {k: report["external"][k] for k in keys}}
+
+
+def copy_figures(task, eval_dir: Path) -> None:
+    figures = REPO / "docs" / "models" / task.name  # the shipped model's held-out plots, where people look
+    figures.mkdir(parents=True, exist_ok=True)
+    for png in Path(eval_dir).rglob("*.png"):  # random split, and external/ for the unseen sub-sources
+        target = figures / png.relative_to(eval_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, target)
+
+
+def recalibrate(task_name: str, out: str | None = None) -> dict:
+    """Fit the shipped model's calibration (and test-time augmentation choice) on validation again and rewrite its
+    card's held-out numbers, docs and plots; the weights and their checksum stay as they are (and the card's command,
+    whose ``--export`` now calibrates the same way)."""
+    from medai.models import load_state, save_model
+
+    task = get_task(task_name)
+    state, card = load_state(task.name)
+    classifier = Classifier(task, state_dict=state, card=card)
+    eval_dir = Path(out or f"runs/recalibrate-{task.name}") / "eval"
+    report = evaluate_classifier(task, classifier, eval_dir)
+    card = {**card, **held_out_sections(report)}
+    card["validation"] = {**card["validation"], **{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
+                          "heatmap": report["validation_heatmap"]}
+    save_model(task.name, state, card)
+    write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
+    copy_figures(task, eval_dir)
+    return card
 
 
 def comparison_entry(task, run: str) -> tuple[str, dict] | None:
@@ -452,25 +512,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "image_size": ckpt.get("image_size", task.image_size),
         "intensity": ckpt.get("intensity", "percentile"),
         "network": ckpt["network"],
-        "temperature": report["temperature"],
-        "logit_bias": report["logit_bias"],
-        "calibration": "bias-corrected temperature scaling: softmax(logits / temperature + logit_bias), both fitted "
-                       "on the validation patients (the bias undoes the class prior of class-balanced sampling)",
-        "tta": report["tta"],
-        "tta_validation_nll": report["tta_validation_nll"],
-        "data": "../shared/data/chest_xray (labels.csv): " + ", ".join(sorted({r.source for r in records(task)})),
-        "split": {"rule": "external = whole unseen sub-sources (COVID-19 Radiography COVID file numbers >= 2201 and "
-                          "Normal >= 5901; Kermany person numbers >= 1465, IM- >= 643, NORMAL2-IM- >= 1190; 30% of "
-                          "ieee8023 patients by hash); the rest by patient group (source + patient_id; COVID-19 "
-                          "Radiography has no ids: by image), sha256 hash of the group, 70% train / 15% val / 15% "
-                          "test (the random split); same groups in every task (medai.diagnosis.data)",
-                  "counts": describe_split(task)},
-        "held_out_test": {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
-                                                  "ece_uncalibrated", "per_class", "confusion_matrix", "subgroups",
-                                                  "heatmap")},
-        "external_test": {k: report["external"][k] for k in ("n", "accuracy", "balanced_accuracy", "auc_macro", "ece",
-                                                             "ece_uncalibrated", "per_class", "confusion_matrix",
-                                                             "subgroups", "heatmap")},
+        **held_out_sections(report),
         "validation": {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
                        "loss": trained_best["val_loss"], "heatmap": report["validation_heatmap"]},
         "heatmap_method": HEATMAP_METHOD,
@@ -488,12 +530,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
     }
     save_model(task.name, ckpt["ema"], card)
     write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
-    figures = REPO / "docs" / "models" / task.name  # the shipped model's held-out plots, where people look
-    figures.mkdir(parents=True, exist_ok=True)
-    for png in (Path(out) / "eval").rglob("*.png"):  # random split, and external/ for the unseen sub-sources
-        target = figures / png.relative_to(Path(out) / "eval")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(png, target)
+    copy_figures(task, Path(out) / "eval")
     return card
 
 
@@ -508,6 +545,7 @@ def write_model_doc(card: dict, path: Path) -> None:
              f"- Network: `{card['network']['name']}`, {card['image_size']} px, intensity `{card['intensity']}`, "
              f"test-time augmentation {'on' if card.get('tta') else 'off'}, temperature {card['temperature']:.3f} "
              "(fitted on validation)",
+             *([f"- Calibration: {card['calibration']}"] if card.get("calibration") else []),
              f"- Data: {card['data']}", f"- Split: {card['split']['rule']}", f"- Selection: {card['selection']}",
              f"- Reproduce: `{card['command']}`", "", "## Random split vs external split (unseen sub-sources)", "",
              "| | images | accuracy | balanced accuracy | macro AUC | ECE (calibrated) | ECE (raw) | "
@@ -641,6 +679,8 @@ def main() -> int:
     parser.add_argument("--compare", nargs="*", default=[], help="other runs to list in the model card")
     parser.add_argument("--add-to-card", nargs="+", metavar="RUN", dest="add_to_card",
                         help="only list these evaluated runs in the shipped model's card and docs (weights unchanged)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="only fit the shipped model's calibration on validation again and rewrite its card")
     parser.add_argument("--optuna", type=int, default=0, help="number of Optuna trials (optional dependency)")
     parser.add_argument("--device", help="auto (default: CUDA when there is a GPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true")
@@ -654,6 +694,13 @@ def main() -> int:
     for key in ("network", "epochs", "seed", "balance", "lung_attention", "device"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    if args.recalibrate:
+        card = recalibrate(args.task, args.out)
+        print(json.dumps({k: card[k] for k in ("temperature", "logit_bias", "tta")}),
+              json.dumps({split: {"accuracy": card[split]["accuracy"], "ece": card[split]["ece"],
+                                  "sensitivity": {c: m["sensitivity"] for c, m in card[split]["per_class"].items()}}
+                          for split in ("held_out_test", "external_test")}, indent=1))
+        return 0
     if args.add_to_card:
         card = add_to_card(args.task, args.add_to_card)
         print(json.dumps(card["comparison"], indent=1))
