@@ -45,7 +45,7 @@ from medai.diagnosis.data import (  # noqa: E402
 )
 from medai.diagnosis.evaluation import heatmap_lung_fraction, report_from_logits, split_logits  # noqa: E402
 from medai.diagnosis.inference import Classifier  # noqa: E402
-from medai.diagnosis.metrics import classification_report, fit_calibration, softmax  # noqa: E402
+from medai.diagnosis.metrics import classification_report, class_weights, fit_calibration, softmax  # noqa: E402
 from medai.diagnosis.networks import (  # noqa: E402
     CompactCXRNet, build_classifier, contrast_maps, energy_outside, heat_mass_inside_maps,
 )
@@ -353,10 +353,8 @@ def _tensorboard(out: Path):
 def calibrated_nll(logits, truth, temperature: float, bias) -> float:
     """Class-balanced validation NLL of ``softmax(logits / T + bias)``: the criterion calibration is fitted on."""
     truth = torch.as_tensor(np.asarray(truth), dtype=torch.long)
-    counts = torch.bincount(truth, minlength=np.shape(logits)[1]).double()
-    weight = torch.where(counts > 0, counts.sum() / counts.clamp(min=1) / int((counts > 0).sum()), 0.0)
     z = torch.as_tensor(logits, dtype=torch.float64) / temperature + torch.tensor(bias, dtype=torch.float64)
-    return float(F.cross_entropy(z, truth, weight=weight))
+    return float(F.cross_entropy(z, truth, weight=class_weights(truth, z.shape[1])))
 
 
 def evaluate_classifier(task, classifier: Classifier, eval_dir: Path, heatmaps: bool = True,

@@ -96,6 +96,12 @@ def classification_report(probabilities: np.ndarray, truth: np.ndarray, classes)
     }
 
 
+def class_weights(truth, classes: int) -> torch.Tensor:
+    """Per-class loss weights under which every class present in ``truth`` weighs the same in a mean loss."""
+    counts = torch.bincount(torch.as_tensor(np.asarray(truth), dtype=torch.long), minlength=classes).double()
+    return torch.where(counts > 0, counts.sum() / counts.clamp(min=1) / int((counts > 0).sum()), 0.0)
+
+
 def fit_calibration(logits, truth, iterations: int = 300, class_balanced: bool = True) -> tuple[float, list]:
     """Bias-corrected temperature scaling (Alexandari et al. 2020): ``T`` and a zero-mean per-class bias ``b``
     minimising the validation negative log-likelihood of ``softmax(logits / T + b)``.
@@ -106,10 +112,7 @@ def fit_calibration(logits, truth, iterations: int = 300, class_balanced: bool =
     then favours the classes that happened to be frequent."""
     logits = torch.as_tensor(logits, dtype=torch.float64)
     truth = torch.as_tensor(np.asarray(truth), dtype=torch.long)
-    counts = torch.bincount(truth, minlength=logits.shape[1]).double()
-    weight = None
-    if class_balanced:
-        weight = torch.where(counts > 0, counts.sum() / counts.clamp(min=1) / int((counts > 0).sum()), 0.0)
+    weight = class_weights(truth, logits.shape[1]) if class_balanced else None
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=iterations)
