@@ -511,6 +511,13 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "intensity": ckpt.get("intensity", "percentile"),
         "network": ckpt["network"],
         **held_out_sections(report),
+        "data": "../shared/data/chest_xray (labels.csv): " + ", ".join(sorted({r.source for r in records(task)})),
+        "split": {"rule": "external = whole unseen sub-sources (COVID-19 Radiography COVID file numbers >= 2201 and "
+                          "Normal >= 5901; Kermany person numbers >= 1465, IM- >= 643, NORMAL2-IM- >= 1190; 30% of "
+                          "ieee8023 patients by hash); the rest by patient group (source + patient_id; COVID-19 "
+                          "Radiography has no ids: by image), sha256 hash of the group, 70% train / 15% val / 15% "
+                          "test (the random split); same groups in every task (medai.diagnosis.data)",
+                  "counts": describe_split(task)},
         "validation": {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
                        "loss": trained_best["val_loss"], "heatmap": report["validation_heatmap"]},
         "heatmap_method": HEATMAP_METHOD,
