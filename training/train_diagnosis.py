@@ -421,6 +421,12 @@ def held_out_sections(report: dict) -> dict:
             "external_test": {k: report["external"][k] for k in keys}}
 
 
+def validation_section(report: dict, raw_loss: float) -> dict:
+    """The card's validation section: calibrated metrics and heat maps of the report, the training's raw loss."""
+    return {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")}, "loss": raw_loss,
+            "heatmap": report["validation_heatmap"]}
+
+
 def copy_figures(task, eval_dir: Path) -> None:
     figures = REPO / "docs" / "models" / task.name  # the shipped model's held-out plots, where people look
     figures.mkdir(parents=True, exist_ok=True)
@@ -442,8 +448,7 @@ def recalibrate(task_name: str, out: str | None = None) -> dict:
     eval_dir = Path(out or f"runs/recalibrate-{task.name}") / "eval"
     report = evaluate_classifier(task, classifier, eval_dir)
     card = {**card, **held_out_sections(report)}
-    card["validation"] = {**card["validation"], **{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
-                          "heatmap": report["validation_heatmap"]}
+    card["validation"] = validation_section(report, card["validation"]["loss"])  # the training's raw loss stays
     save_model(task.name, state, card)
     write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
     copy_figures(task, eval_dir)
@@ -518,8 +523,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
                           "Radiography has no ids: by image), sha256 hash of the group, 70% train / 15% val / 15% "
                           "test (the random split); same groups in every task (medai.diagnosis.data)",
                   "counts": describe_split(task)},
-        "validation": {**{k: report["validation"][k] for k in ("accuracy", "auc_macro", "ece")},
-                       "loss": trained_best["val_loss"], "heatmap": report["validation_heatmap"]},
+        "validation": validation_section(report, trained_best["val_loss"]),
         "heatmap_method": HEATMAP_METHOD,
         "selection": SELECTION_RULE,
         "best_epoch": report["best_epoch"],
