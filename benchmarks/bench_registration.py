@@ -13,7 +13,8 @@ automatic exposure control as on a real C-arm (same poses and C-arms; section la
 ``--processing`` the log image also goes through a C-arm's image processing before the display curve (dynamic-range
 compression and edge enhancement, settings drawn per case: ``augment.random_processing``; labels say "C-arm
 processing").
-mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone, agent + refinement, the
+mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone (checked inference, as shipped: every
+step must improve the match), its greedy choices without that check, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
 < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
 and peak memory (each method in its own process).
@@ -123,9 +124,13 @@ def _work(method, ct_name, cases, agent_path, queue):
         truth_m = Pose.from_array(case["truth"]).matrix(registrar.centre_ras)
         init = Pose.from_array(case["init"])
         row = {"init_mtre": mtre_of(init.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras)}
-        if method in ("agent", "refine-only"):
-            try:  # refine-only: no agent step (budget 0), the product's refinement from the initial pose
-                result = registrar.register(frame, init, max_steps=0 if method == "refine-only" else None)
+        if method in ("agent", "refine-only", "agent-greedy"):
+            # refine-only: no agent step (budget 0), the product's refinement from the initial pose;
+            # agent-greedy: the Q-network's own choices without the match check, not refined
+            registrar.agent.settings.checked = method != "agent-greedy"
+            try:
+                result = registrar.register(frame, init, max_steps=0 if method == "refine-only" else None,
+                                            refine_result=method != "agent-greedy")
             except MedAIInputError as exc:  # counted as a failure, never silently dropped
                 print(f"case failed: {exc}", file=sys.stderr)
                 rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,
@@ -135,7 +140,8 @@ def _work(method, ct_name, cases, agent_path, queue):
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
                        agent_seconds=result.timings["frame"] + result.timings["agent"], seconds=result.seconds,
-                       steps=result.steps, confidence=result.confidence, **result.features)
+                       steps=result.steps, renders=result.timings["agent_renders"], confidence=result.confidence,
+                       **result.features)
         else:
             t0 = time.perf_counter()
             levels = levels_for(registrar, frame)
@@ -219,6 +225,9 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
         f"{label}: agent alone": {**summarise(rows, "agent_mtre", "agent_seconds"), "peak_rss_mb": out["peak_rss_mb"]},
         f"{label}: agent + refinement": {**summarise(rows), "peak_rss_mb": out["peak_rss_mb"]},
     }
+    greedy = run_method("agent-greedy", ct_name, cases, agent_path)  # the Q-network's choices alone
+    results[f"{label}: agent alone, greedy (no match check)"] = {
+        **summarise(greedy["rows"], "agent_mtre", "agent_seconds"), "peak_rss_mb": greedy["peak_rss_mb"]}
     results[f"{label}: initial pose"] = {**summarise([{**r, "seconds": 0.0} for r in rows], "init_mtre")}
     alone = run_method("refine-only", ct_name, cases, agent_path)  # what the agent adds to the refinement
     results[f"{label}: refinement alone (from the initial pose)"] = {**summarise(alone["rows"]),
@@ -230,6 +239,7 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
                                                                              [r["mtre"] < 10 for r in rows])
     results[f"{label}: agent + refinement"]["prepare_seconds"] = out["prepare_seconds"]
     results[f"{label}: agent + refinement"]["median_steps"] = float(np.median([r["steps"] for r in rows]))
+    results[f"{label}: agent + refinement"]["median_renders"] = float(np.median([r.get("renders", 0) for r in rows]))
     if baselines_n:
         subset = cases[:baselines_n]
         agent_subset = summarise(rows[:baselines_n])
@@ -304,7 +314,8 @@ def main(argv=None) -> int:
                    for k in ("confidence_auc", "similarity_auc", "confidence_auc_10mm")}
             print(f"{name}: confidence ROC AUC (within 2 mm vs not) {auc['confidence_auc']} (final similarity alone "
                   f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
-                  f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}")
+                  f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered "
+                  f"{r.get('median_renders', float('nan')):.0f}")
     chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
     if "classical NCC + Powell" in chest:
         ours = chest["agent + refinement (baseline subset)"]

@@ -191,7 +191,8 @@ class Registrar:
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
-             "refine_iterations": float(len(refine_log))}, features, refined_from)
+             "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders)},
+            features, refined_from)
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
