@@ -69,6 +69,19 @@ def test_register_round_trip_writes_the_documented_result(case, capsys):
     assert 0.0 <= result["confidence"] <= 1.0
     assert 0.0 < result["uncertainty_mm"] < 2.0  # the refinement's predicted RMS error over the body
     assert (digest(case["ct"]), digest(case["frame"])) == before  # inputs untouched
+    assert result["agent_inference"] == "checked"
+    similarities = [row["similarity"] for row in result["trajectory"]]
+    assert all(b >= a for a, b in zip(similarities, similarities[1:]))  # every checked step improved the match
+    assert similarities[-1] > similarities[0]  # (rounded to 6 decimals in the file)
+
+
+def test_register_greedy_takes_the_networks_choices_unchecked(case):
+    out = case["folder"] / "greedy.json"
+    assert main(["register", "--ct", case["ct"], "--frame", case["frame"], *INIT, *GEOMETRY, "--greedy",
+                 "--no-refine", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["agent_inference"] == "greedy" and result["refined"] is False
+    assert result["pose"] == result["agent_pose"]
 
 
 def test_frame_without_geometry_and_no_flags(case, capsys):

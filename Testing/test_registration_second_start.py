@@ -31,7 +31,7 @@ def test_a_misled_agent_is_overruled_by_a_second_start_from_the_initial_pose(set
     registrar, frame, truth = setup
     astray = RigidPose.from_pose(INIT).moved(np.array([45.0, -40.0, 0.0, 0.0, 0.0, 14.0]))
 
-    def misled_agent(agent, env, init, mode="2d3d", max_steps=None, cancel=None, on_step=None):
+    def misled_agent(agent, env, init, mode="2d3d", max_steps=None, cancel=None, on_step=None, checked=None):
         trajectory = Trajectory(poses=[init, astray], rows=[{"step": 0, "action": "+tx", "similarity": 0.0},
                                                             {"step": 1, "action": "stop", "similarity": 0.0}],
                                 stop_reason="converged")

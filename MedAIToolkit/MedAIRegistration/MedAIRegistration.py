@@ -440,7 +440,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def register(self, ctVolumeNode, frameVolumeNode, initialPose=None, carm=None, mode: str = "2d3d",
                  refine: bool = True, agentPath: Optional[str] = None, progressCallback=None, cancel=None,
-                 maxSteps: Optional[int] = None, invert: bool = False, show: bool = True) -> RegistrationOutcome:
+                 maxSteps: Optional[int] = None, invert: bool = False, show: bool = True,
+                 greedy: bool = False) -> RegistrationOutcome:
         """Register a one-slice fluoroscopy frame node to a CT node: the agent, then (``refine``) refinement.
 
         ``initialPose``: 6 numbers (tx ty tz rx ry rz, docs/pose_convention.md), a linear transform node holding
@@ -449,6 +450,7 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         else the zero (AP) pose. ``carm``: the frame's ``CArmGeometry``, else read from the frame node.
         ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (then no node is created).
         ``maxSteps``: agent step budget (None: the agent's own). ``invert``: the frame is bright = air.
+        ``greedy``: the agent's best action at every step, without checking that the match improves.
 
         Creates NEW nodes: transform "<CT> registration" (= inverse(M_init) @ M_result, which the CT is set to
         observe: its only change), "<frame> on detector" (the frame on the detector plane of the C-arm at the
@@ -494,7 +496,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
                 step=step + 1, total=total))
 
         progress(0.05, _("Agent..."))
-        result = registrar.register(frame, pose, mode, refine, maxSteps, cancelled, onStep)
+        result = registrar.register(frame, pose, mode, refine, maxSteps, cancelled, onStep,
+                                    checked=False if greedy else None)
         if stopped:
             progress(1.0, _("Cancelled"))
             logging.info("Registration cancelled; no node was created")

@@ -136,7 +136,8 @@ def _cmd_register(args) -> int:
                               "(the frame has no DICOM positioner angles)")
     agent = Agent.load(args.agent)
     registrar = Registrar(_load_ct(args.ct, None), agent, device=args.device)
-    result = registrar.register(frame, init, args.mode, refine_result=not args.no_refine, max_steps=args.max_steps)
+    result = registrar.register(frame, init, args.mode, refine_result=not args.no_refine, max_steps=args.max_steps,
+                                checked=False if args.greedy else None)
     record = {"ct": args.ct, "frame": args.frame, "agent": args.agent or "shipped", "carm": frame.carm.to_dict(),
               **result.to_dict()}
     with open(args.out, "w") as f:
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--no-refine", action="store_true", help="agent only, no intensity-based refinement")
     register.add_argument("--mode", choices=["2d3d", "2d2d"], default="2d3d")
     register.add_argument("--max-steps", type=int, help="agent step budget (default: the agent's)")
+    register.add_argument("--greedy", action="store_true",
+                          help="the agent takes its Q-network's best action at every step, without checking that the "
+                               "match improves (default: checked inference)")
     register.add_argument("--device", default="cpu")
     register.add_argument("--threads", type=int, default=2, help="CPU threads")
     register.set_defaults(func=_cmd_register)

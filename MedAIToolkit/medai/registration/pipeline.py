@@ -95,6 +95,7 @@ class RegistrationResult:
     features: dict = field(default_factory=dict)
     refined_from: str = "agent"  # where the kept refinement started: "agent", "initial pose" (second start) or
     # "depth restart" (the kept pose moved along the beam)
+    agent_inference: str = "checked"  # "checked" (each step must improve the match) or "greedy" (agent.run_agent)
 
     @property
     def uncertainty_mm(self) -> float | None:
@@ -112,7 +113,8 @@ class RegistrationResult:
                 "seconds": round(self.seconds, 4), "similarity": round(self.similarity, 6),
                 "agent_similarity": round(self.agent_similarity, 6), "confidence": round(self.confidence, 4),
                 "uncertainty_mm": self.uncertainty_mm,
-                "mode": self.mode, "refined": self.refined, "refined_from": self.refined_from,
+                "mode": self.mode, "agent_inference": self.agent_inference, "refined": self.refined,
+                "refined_from": self.refined_from,
                 "stop_reason": self.stop_reason,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
                 "features": {k: round(v, 6) for k, v in self.features.items()},
@@ -149,7 +151,10 @@ class Registrar:
         self.motion_points_ras = body_points(ct)  # the subsample the agent's motion features fit their motions to
 
     def register(self, frame: Frame, init_pose: Pose | None = None, mode: str = "2d3d", refine_result: bool = True,
-                 max_steps: int | None = None, cancel=None, on_step=None) -> RegistrationResult:
+                 max_steps: int | None = None, cancel=None, on_step=None,
+                 checked: bool | None = None) -> RegistrationResult:
+        """``checked``: the agent's inference (None: its card's setting, checked for the shipped agent; False:
+        greedy argmax, see :func:`run_agent`)."""
         if mode not in MODE_ACTIONS:
             raise MedAIInputError(f"unknown registration mode '{mode}' (2d3d or 2d2d)")
         init_pose = init_pose if init_pose is not None else (frame.nominal_pose or Pose())
@@ -162,7 +167,8 @@ class Registrar:
         fixed = FixedImage.from_frame(frame, settings.work_size)
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
         t_prep = time.perf_counter()
-        agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step)
+        checked = self.agent.settings.checked if checked is None else checked
+        agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
         pose, similarity, refine_log, refined_from = agent_pose, agent_similarity, [], "agent"
@@ -192,7 +198,7 @@ class Registrar:
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders)},
-            features, refined_from)
+            features, refined_from, "checked" if checked else "greedy")
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
