@@ -133,6 +133,19 @@ def within_search_range(candidate: RigidPose, init: RigidPose) -> bool:
     return bool(offset[:3].max() <= SEARCH_RANGE[0] and offset[3:].max() <= SEARCH_RANGE[1])
 
 
+def _stops(trajectory: Trajectory, step: int, similarity: float, budget_spent: bool, cancel) -> bool:
+    """Whether the run ends here (budget spent or cancelled); if so its last row and reason are written."""
+    if budget_spent:
+        trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
+        trajectory.stop_reason = "step budget"
+        return True
+    if cancel is not None and cancel():
+        trajectory.rows.append({"step": step, "action": "cancelled", "similarity": similarity})
+        trajectory.stop_reason = "cancelled"
+        return True
+    return False
+
+
 def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d", max_steps: int | None = None,
               cancel=None, on_step=None, checked: bool | None = None) -> tuple[RigidPose, Trajectory]:
     """Steps from ``init`` (checked or greedy: ``checked`` None = the agent's setting); returns the final pose and
@@ -154,13 +167,7 @@ def run_agent(agent: Agent, env: Environment, init: RigidPose, mode: str = "2d3d
             similarity, pose, state = best
         elif similarity > best[0]:
             best = (similarity, pose, state)
-        if step == max_steps:
-            trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
-            trajectory.stop_reason = "step budget"
-            break
-        if cancel is not None and cancel():
-            trajectory.rows.append({"step": step, "action": "cancelled", "similarity": similarity})
-            trajectory.stop_reason = "cancelled"
+        if _stops(trajectory, step, similarity, step == max_steps, cancel):
             break
         q = agent.q_values(state)[allowed]
         revisit = dropped or revisits(pose, visited, *levels[level])
@@ -210,13 +217,8 @@ def _run_checked(agent: Agent, env: Environment, init: RigidPose, mode: str, max
     trajectory.renders = 1
     for step in range(max_steps + 1):
         trajectory.poses.append(pose)
-        if step == max_steps or trajectory.renders >= agent.settings.max_renders:
-            trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
-            trajectory.stop_reason = "step budget"
-            break
-        if cancel is not None and cancel():
-            trajectory.rows.append({"step": step, "action": "cancelled", "similarity": similarity})
-            trajectory.stop_reason = "cancelled"
+        if _stops(trajectory, step, similarity,
+                  step == max_steps or trajectory.renders >= agent.settings.max_renders, cancel):
             break
         order = allowed[np.argsort(-agent.q_values(state)[allowed], kind="stable")]
         taken = None
