@@ -127,10 +127,10 @@ def _work(method, ct_name, cases, agent_path, queue):
         if method in ("agent", "refine-only", "agent-greedy"):
             # refine-only: no agent step (budget 0), the product's refinement from the initial pose;
             # agent-greedy: the Q-network's own choices without the match check, not refined
-            registrar.agent.settings.checked = method != "agent-greedy"
             try:
                 result = registrar.register(frame, init, max_steps=0 if method == "refine-only" else None,
-                                            refine_result=method != "agent-greedy")
+                                            refine_result=method != "agent-greedy",
+                                            checked=False if method == "agent-greedy" else None)
             except MedAIInputError as exc:  # counted as a failure, never silently dropped
                 print(f"case failed: {exc}", file=sys.stderr)
                 rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,

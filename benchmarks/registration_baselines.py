@@ -20,7 +20,8 @@ from medai.drr.renderer import _PLANES
 from medai.errors import MedAIInputError
 from medai.registration.environment import FixedImage
 from medai.registration.poses import RigidPose
-from medai.registration.refine import RefineLevel, _Residual, _smooth
+from medai.registration.refine import RefineLevel, _Residual
+from medai.registration.smoothing import gaussian_smooth as _smooth
 
 
 def powell(levels: list[RefineLevel], init: RigidPose, centre, max_evals: int = 300) -> RigidPose:

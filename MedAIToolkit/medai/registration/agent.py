@@ -126,6 +126,7 @@ class Trajectory:
     rows: list = field(default_factory=list)  # {"step", "action", "step_mm", "step_deg", "similarity"}
     stop_reason: str = ""
     renders: int = 0  # DRRs rendered (checked inference: every action tried)
+    checked: bool = False  # which inference made it (run_agent)
 
 
 def within_search_range(candidate: RigidPose, init: RigidPose) -> bool:
@@ -209,44 +210,29 @@ def _run_checked(agent: Agent, env: Environment, init: RigidPose, mode: str, max
     """Checked inference: the first action in the Q-network's order whose DRR matches the frame better is taken;
     none -> the next (smaller) step size; after the finest, stop."""
     allowed = np.array(MODE_ACTIONS[mode])
-    levels = agent.settings.levels
+    levels, budget = agent.settings.levels, agent.settings.max_renders
     max_steps = agent.settings.max_steps if max_steps is None else max_steps
-    trajectory = Trajectory()
+    trajectory = Trajectory(checked=True)
     pose, level = init, 0
     state, similarity = env.state(pose)
     trajectory.renders = 1
     for step in range(max_steps + 1):
         trajectory.poses.append(pose)
-        if _stops(trajectory, step, similarity,
-                  step == max_steps or trajectory.renders >= agent.settings.max_renders, cancel):
+        if _stops(trajectory, step, similarity, step == max_steps or trajectory.renders >= budget, cancel):
             break
         order = allowed[np.argsort(-agent.q_values(state)[allowed], kind="stable")]
         taken = None
-        while taken is None and level < len(levels):
-            step_mm, step_deg = levels[level]
-            for action in order:
-                candidate = pose.moved(action_delta(int(action), step_mm, step_deg))
-                if not within_search_range(candidate, init):
-                    continue
-                try:
-                    views, candidate_similarity = env.look(candidate)
-                except MedAIInputError:  # the body would cross the source or the detector
-                    continue
-                trajectory.renders += 1
-                if candidate_similarity > similarity:
-                    taken = int(action), candidate, views, candidate_similarity
-                    break
-                if trajectory.renders >= agent.settings.max_renders:
-                    break
-            if taken is None:
-                if trajectory.renders >= agent.settings.max_renders:
-                    break
-                level += 1
+        while level < len(levels):
+            taken = _first_better(env, trajectory, order, pose, init, levels[level], similarity, budget)
+            if taken is not None or trajectory.renders >= budget:
+                break
+            level += 1
         if taken is None:
             trajectory.rows.append({"step": step, "action": "stop", "similarity": similarity})
             trajectory.stop_reason = "step budget" if level < len(levels) else "converged"
             break
         action, candidate, views, candidate_similarity = taken
+        step_mm, step_deg = levels[level]
         trajectory.rows.append({"step": step, "action": ACTION_NAMES[action], "step_mm": step_mm,
                                 "step_deg": step_deg, "similarity": similarity})
         pose, similarity = candidate, candidate_similarity
@@ -254,3 +240,24 @@ def _run_checked(agent: Agent, env: Environment, init: RigidPose, mode: str, max
         if on_step is not None:
             on_step(step, max_steps)
     return pose, trajectory
+
+
+def _first_better(env: Environment, trajectory: Trajectory, order, pose: RigidPose, init: RigidPose, level: tuple,
+                  similarity: float, budget: int):
+    """(action, pose, views, similarity) of the first action in ``order`` at step sizes ``level`` whose DRR matches
+    the frame better than ``similarity``; None when none does or the render budget is spent (each render counted)."""
+    step_mm, step_deg = level
+    for action in order:
+        if trajectory.renders >= budget:
+            return None
+        candidate = pose.moved(action_delta(int(action), step_mm, step_deg))
+        if not within_search_range(candidate, init):
+            continue
+        try:
+            views, candidate_similarity = env.look(candidate)
+        except MedAIInputError:  # the body would cross the source or the detector
+            continue
+        trajectory.renders += 1
+        if candidate_similarity > similarity:
+            return int(action), candidate, views, candidate_similarity
+    return None

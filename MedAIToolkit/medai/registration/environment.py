@@ -22,6 +22,7 @@ from ..drr.renderer import PreparedCT, render_matrix
 from ..errors import MedAIInputError
 from .motion import MotionReference, body_points
 from .poses import RigidPose
+from .smoothing import gaussian_smooth as _smooth
 
 WORK_SIZE = 128
 PATCH = 64
@@ -29,12 +30,6 @@ MATCH_SMOOTHING_PX = 0.5
 """Gaussian sigma (view pixels) of both images before the match similarity; 0.5 px: unseen-CT development frames,
 a search that takes the best of all 12 moves reached < 10 mm in 0.90 of 30 frames with both views at 0.5 px, 0.73
 with the coarse view alone (0 / 1 / 2 px: 0.80 / 0.63 / 0.40)."""
-
-
-def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    from .refine import _smooth as smooth  # one Gaussian for the refinement, the motion features and the match
-
-    return smooth(image, sigma)
 
 
 def work_geometry(carm: CArmGeometry, size: int = WORK_SIZE) -> CArmGeometry:

@@ -16,6 +16,7 @@ import torch
 
 from ..drr.geometry import CArmGeometry
 from .poses import RigidPose
+from .smoothing import gaussian_smooth as _smooth
 
 MOTION_DOFS = (0, 1, 2, 5)
 """tx, ty, tz, rz: the parameters whose image motion is (nearly) an affine map of the detector plane."""
@@ -33,12 +34,6 @@ def body_points(ct) -> np.ndarray:
     if tissue is None or not len(tissue):
         return np.empty((0, 3))
     return ct.geometry.index_to_ras(tissue[:: max(1, len(tissue) // BODY_POINTS)])
-
-
-def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    from .refine import _smooth as smooth  # one Gaussian for the refinement and the features
-
-    return smooth(image, sigma)
 
 
 def _unit(values: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -167,7 +167,6 @@ class Registrar:
         fixed = FixedImage.from_frame(frame, settings.work_size)
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
         t_prep = time.perf_counter()
-        checked = self.agent.settings.checked if checked is None else checked
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
@@ -198,7 +197,7 @@ class Registrar:
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders)},
-            features, refined_from, "checked" if checked else "greedy")
+            features, refined_from, "checked" if trajectory.checked else "greedy")
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one

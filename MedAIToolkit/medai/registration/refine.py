@@ -26,6 +26,7 @@ from ..drr.renderer import PreparedCT, render_matrix
 from ..errors import MedAIInputError
 from .environment import FixedImage, detector_pixels
 from .poses import RigidPose
+from .smoothing import gaussian_smooth as _smooth
 
 
 @dataclass
@@ -53,18 +54,6 @@ class RefineLevel:
     flatten_candidates: tuple = ()  # if given, flatten is chosen among these and none (see _Residual.choose_filter)
     sharpen: tuple = (0.0, 0.0)  # (amount, sigma px): the frame's edge enhancement, D + amount (D - G(D))
     sharpen_candidates: tuple = ()  # likewise
-
-
-def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return image
-    radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = F.conv2d(F.pad(image[None, None], (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return out[0, 0]
 
 
 FILTER_MIN_GAIN = 0.01
