@@ -606,7 +606,7 @@ def write_model_doc(card: dict, path: Path) -> None:
 
 def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     """The command that trains this run again from scratch (and exports it), from its saved settings; a run
-    initialised from another run is preceded by that run's own command."""
+    initialised from another run (or from a shipped model) is preceded by the command that makes that one."""
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     cfg, parts = summary["config"], ["python training/train_diagnosis.py", f"--task {task_name}"]
     if cfg.get("config_file"):
@@ -616,6 +616,9 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     if init and (Path(init).parent / "train_summary.json").exists():
         init_task = torch.load(init, map_location="cpu", weights_only=False)["task"]  # every checkpoint names its task
         before = reproduce_command(init_task, str(Path(init).parent), export=False) + " && "
+    elif init and Path(init).with_suffix(".json").exists():  # a shipped model: the command on its card makes it
+        shipped_command = json.loads(Path(init).with_suffix(".json").read_text()).get("command")
+        before = f"{shipped_command} && " if shipped_command else ""
     if cfg.get("network"):
         parts.append(f"--network {cfg['network']}")
     parts += [f"--epochs {cfg['epochs']}", f"--seed {cfg['seed']}"]
