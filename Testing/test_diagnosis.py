@@ -361,3 +361,25 @@ def test_logic_heatmap_volume_shares_the_xray_geometry(data_dir, scene):
     assert result.table.GetTable().GetColumnByName("class").GetValue(0) == "COVID"
     assert result.reportNode.GetText() == result.report
     logic.showHeatmap(xray, result.heatmap)  # no slice views here: must not fail
+
+
+def test_reproduce_command_chains_the_shipped_init(tmp_path):
+    """A run initialised from a shipped model names the command that makes that model first (its card's)."""
+    import json
+
+    from train_diagnosis import reproduce_command
+
+    shipped = tmp_path / "models" / "pneumonia.pt"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"")
+    shipped.with_suffix(".json").write_text(json.dumps({"command": "python make_pneumonia --export"}))
+    run = tmp_path / "covid-run"
+    run.mkdir()
+    (run / "train_summary.json").write_text(json.dumps({
+        "config": {"network": "compact", "epochs": 24, "seed": 0, "balance": "class_and_age", "lung_attention": 1.0},
+        "best": {"init": str(shipped)}}))
+    command = reproduce_command("covid", str(run))
+    assert command.startswith("python make_pneumonia --export && python training/train_diagnosis.py --task covid")
+    assert f"--init {shipped}" in command and "--epochs 24" in command and command.endswith("--export")
+    (run / "train_summary.json").write_text(json.dumps({"config": {"epochs": 3, "seed": 1}, "best": {}}))
+    assert reproduce_command("covid", str(run)).startswith("python training/train_diagnosis.py --task covid")
