@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "MedAIToolkit"))
 
 from medai import distributed  # noqa: E402
 from medai.errors import MedAIInputError  # noqa: E402
+from medai.models import read_card  # noqa: E402
 from medai.diagnosis.data import (  # noqa: E402
     describe_split, labels_tensor, load_images, lung_box_masks, lung_regions, records,
 )
@@ -617,7 +618,7 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
         init_task = torch.load(init, map_location="cpu", weights_only=False)["task"]  # every checkpoint names its task
         before = reproduce_command(init_task, str(Path(init).parent), export=False) + " && "
     elif init and Path(init).with_suffix(".json").exists():  # a shipped model: the command on its card makes it
-        shipped_command = json.loads(Path(init).with_suffix(".json").read_text()).get("command")
+        shipped_command = read_card(Path(init).stem, Path(init).parent).get("command")
         before = f"{shipped_command} && " if shipped_command else ""
     if cfg.get("network"):
         parts.append(f"--network {cfg['network']}")
