@@ -191,6 +191,29 @@ def test_a_comparison_run_is_added_to_the_card_without_touching_the_weights(tmp_
     assert "| pneumonia-budget-tiny | resnet10 |" in doc.read_text()
 
 
+def test_a_new_export_keeps_the_replaced_cards_rows_and_the_replaced_model():
+    """Exporting a new model must not lose the comparison the shipped card holds (rows of runs whose folders are
+    gone) nor the model it replaces, which joins the table with its card's own numbers."""
+    import json
+
+    from train_diagnosis import carried_comparison
+
+    shipped = json.loads((REPO / "Resources" / "Models" / "covid.json").read_text())
+    run_name = shipped["command"].split("--out ")[-1].split()[0].rsplit("/", 1)[-1]
+    rows = carried_comparison(shipped, "runs/covid-next")
+    assert set(shipped["comparison"]) < set(rows)
+    replaced = rows[f"{run_name} (shipped before)"]
+    assert replaced["external_accuracy"] == shipped["external_test"]["accuracy"]
+    external = shipped["external_test"]["per_class"].values()
+    assert replaced["external_min_sensitivity"] == min(m["sensitivity"] for m in external)
+    assert replaced["val_nll_calibrated"] == min(shipped["tta_validation_nll"].values())
+    assert set(replaced) == set(next(iter(shipped["comparison"].values())))  # the same columns as the other rows
+    again = carried_comparison(shipped, f"runs/{run_name}")  # re-exporting the shipped run: no row of itself
+    assert not any(name.startswith(run_name + " ") or name == run_name for name in again)
+    assert carried_comparison(None, "runs/covid-next") == {}
+
+
+
 def test_calibration_weighs_every_class_the_same_unless_told_otherwise():
     """Uninformative logits on a 3:1 validation set: fitted to the set's likelihood the bias learns its class mix
     (log 3 between the classes); class-balanced, it learns none, so the argmax does not favour the frequent class."""

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -481,6 +482,41 @@ def comparison_entry(task, run: str) -> tuple[str, dict] | None:
         "parameters": other["parameters"]}
 
 
+def shipped_row(card: dict) -> tuple[str, dict]:
+    """A 'comparison' row for the model a card describes (named after its run, ``(shipped before)``): exporting a new
+    model keeps the one it replaces in the table, with the numbers its card holds, even when its run folder is gone."""
+    match = re.findall(r"--out (\S+)", card.get("command", ""))
+    name = f"{Path(match[-1]).name if match else card['task']} (shipped before)"
+    test, external, validation = card["held_out_test"], card.get("external_test", {}), card.get("validation", {})
+    return name, {
+        "network": card["network"]["name"], "init": card.get("init"), "val_loss": validation.get("loss"),
+        "val_accuracy": validation.get("accuracy"),
+        "val_nll_calibrated": min((v for v in (card.get("tta_validation_nll") or {}).values() if v is not None),
+                                  default=None),
+        "val_heatmap_mass_in_lungs": validation.get("heatmap", {}).get("mean_fraction_in_lungs"),
+        "test_accuracy": test["accuracy"], "test_auc_macro": test["auc_macro"],
+        "test_heatmap_mass_in_lungs": test.get("heatmap", {}).get("mean_fraction_in_lungs"),
+        "external_accuracy": external.get("accuracy"), "external_auc_macro": external.get("auc_macro"),
+        "external_min_sensitivity": min((m["sensitivity"] for m in external.get("per_class", {}).values()),
+                                        default=None),
+        "image_size": card.get("image_size"), "intensity": card.get("intensity", "percentile"),
+        "epochs_run": card.get("training", {}).get("epochs"), "train_seconds": card.get("train_seconds"),
+        "parameters": card.get("parameters")}
+
+
+def carried_comparison(previous: dict | None, out: str) -> dict:
+    """The rows a new export keeps from the card it replaces: its comparison (runs whose folders may be gone) and
+    the replaced model itself, except rows of the run being exported."""
+    if not previous or "held_out_test" not in previous:
+        return {}
+    rows = {name: row for name, row in previous.get("comparison", {}).items()
+            if name.split(" (")[0] != Path(out).name}
+    name, row = shipped_row(previous)
+    if name.split(" (")[0] != Path(out).name:
+        rows[name] = row
+    return rows
+
+
 def add_to_card(task_name: str, runs: list[str], folder=None, doc=None) -> dict:
     """List more evaluated runs in the shipped model's card and docs/models/<task>/README.md, leaving its weights,
     checksum and held-out numbers as they are (a comparison run made after the shipped model was exported)."""
@@ -499,16 +535,20 @@ def add_to_card(task_name: str, runs: list[str], folder=None, doc=None) -> dict:
     return card
 
 
-def export(task_name: str, out: str, command: str, compare: list[str] | None = None) -> dict:
-    """Evaluate the run and write the model + card to Resources/Models."""
-    from medai.models import save_model
+def export(task_name: str, out: str, command: str, compare: list[str] | None = None, folder=None, doc=None) -> dict:
+    """Evaluate the run and write the model + card to Resources/Models (``folder``). The card's comparison keeps the
+    replaced card's rows and the replaced model (:func:`carried_comparison`); ``compare`` runs add or refresh rows."""
+    from medai.models import models_dir, save_model
 
     task = get_task(task_name)
     report = evaluate_run(task_name, out)
     ckpt = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     trained_best = summary["best"]
-    comparison = dict(filter(None, (comparison_entry(task, run) for run in compare or [])))
+    previous_path = Path(folder or models_dir()) / f"{task.name}.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
+    comparison = {**carried_comparison(previous, out),
+                  **dict(filter(None, (comparison_entry(task, run) for run in compare or [])))}
     card = {
         "task": task.name,
         "classes": list(task.classes),
@@ -538,9 +578,10 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "command": command,
         "limitations": _limitations(task),
     }
-    save_model(task.name, ckpt["ema"], card)
-    write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
-    copy_figures(task, Path(out) / "eval")
+    save_model(task.name, ckpt["ema"], card, folder)
+    write_model_doc(card, Path(doc or REPO / "docs" / "models" / task.name / "README.md"))
+    if doc is None:
+        copy_figures(task, Path(out) / "eval")
     return card
 
 
