@@ -214,6 +214,29 @@ def test_a_new_export_keeps_the_replaced_cards_rows_and_the_replaced_model():
 
 
 
+def test_the_age_adversary_learns_to_read_age_while_the_network_learns_to_hide_it():
+    """The adversary's own loss trains only the adversary; the confusion loss trains only the features, and is
+    smallest where the adversary cannot tell children from adults (probability 1/2)."""
+    import torch
+    from train_diagnosis import AgeAdversary
+
+    torch.manual_seed(0)
+    adversary = AgeAdversary(8, 3)
+    features = torch.randn(6, 8, 4, 4, requires_grad=True)
+    labels, is_adult = torch.tensor([0, 1, 2, 1, 2, 0]), torch.tensor([1.0, 0, 1, 1, 0, 1])
+    own, confusion = adversary.losses(features, labels, is_adult)
+    own.backward(retain_graph=True)
+    assert features.grad is None and adversary.score.weight.grad.abs().sum() > 0
+    adversary.zero_grad()
+    confusion.backward()
+    assert adversary.score.weight.grad is None or adversary.score.weight.grad.abs().sum() == 0
+    assert features.grad.abs().sum() > 0
+    with torch.no_grad():
+        adversary.score.weight.zero_()
+        adversary.score.bias.zero_()
+    assert float(adversary.losses(features, labels, is_adult)[1]) == pytest.approx(np.log(2))
+
+
 def test_calibration_weighs_every_class_the_same_unless_told_otherwise():
     """Uninformative logits on a 3:1 validation set: fitted to the set's likelihood the bias learns its class mix
     (log 3 between the classes); class-balanced, it learns none, so the argmax does not favour the frequent class."""

@@ -56,7 +56,7 @@ from medai.diagnosis.registry import get_task  # noqa: E402
 
 DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
             "ema_decay": 0.98, "patience": 6, "min_epochs": 15, "balance": "class", "seed": 0, "threads": 2, "dropout": 0.2,
-            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5, "device": "auto",
+            "network": None, "lung_attention": 0.0, "lung_prior_weight": 0.5, "age_adversary": 0.0, "device": "auto",
             "intensity": "percentile", "augmentation": "standard", "image_size": None, "bn_update_images": None}
 
 
@@ -194,12 +194,15 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     age_groups = None
     if cfg.get("balance") == "class_and_age":
         age_groups = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.long)
+    adversary_weight = float(cfg.get("age_adversary") or 0.0)
+    is_adult = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.float32)
 
     model = build_classifier(spec, task.num_classes)
-    if attention > 0 and not isinstance(model, CompactCXRNet):
-        raise SystemExit("lung_attention needs the compact network (a global-average-pool + linear head)")
+    if (attention > 0 or adversary_weight > 0) and not isinstance(model, CompactCXRNet):
+        raise SystemExit("lung_attention and age_adversary need the compact network (a global-average-pool + linear head)")
     skipped = load_init(model, init) if init else []
     model = model.to(device)
+    adversary = AgeAdversary(model.head.in_features, task.num_classes).to(device) if adversary_weight > 0 else None
     # EMA of the weights only; its BatchNorm statistics are recomputed on the (clean) training images before
     # each validation: averaged running statistics do not match averaged weights (measured: class bias flips).
     # Built before the BatchNorm layers are synchronised: rank 0 validates it alone, without collectives.
@@ -207,7 +210,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     model = distributed.sync_batchnorm(model, ctx)
     net = distributed.wrap(model, ctx)
     steps_per_epoch = int(cfg.get("steps_per_epoch") or max(1, len(y_train) // cfg["batch_size"]))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    parameters = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    optimiser = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
                                                     pct_start=0.15)
     start, best, stale, epoch_losses = 0, {"val_loss": float("inf")}, 0, []
@@ -219,9 +223,11 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+        if adversary is not None and "adversary" in state:
+            adversary.load_state_dict(state["adversary"])
     augment = Augmentation(size, cfg["seed"], cfg["augmentation"])
     log_path = out / "metrics.csv"
-    fields = ["epoch", "train_loss", "train_energy_outside_lungs", "val_loss", "val_accuracy", "val_auc_macro",
+    fields = ["epoch", "train_loss", "train_energy_outside_lungs", "train_age_adversary_loss", "val_loss", "val_accuracy", "val_auc_macro",
               "val_heatmap_mass_in_lungs", "lr", "seconds"]
     if rank == 0 and (start == 0 or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
@@ -235,7 +241,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         draws = steps_per_epoch * cfg["batch_size"]
         order = balanced_indices(y_train, generator, age_groups, max(draws, len(y_train)))[:draws]
         positions = distributed.shard(cfg["batch_size"], ctx)  # this rank's places in every global batch
-        losses, outside_losses = [], []
+        losses, outside_losses, adversary_losses = [], [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress or rank, leave=False)
         for step in bar:
             global_batch = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
@@ -246,14 +252,19 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 augment.reseed(distributed.sample_seed(cfg["seed"], epoch, step, position))
                 pairs.append(augment(x_train[i], regions[i]) if attention > 0 else (augment(x_train[i]),))
             batch, labels = torch.stack([p[0] for p in pairs]).to(device), y_train[idx].to(device)
-            if attention > 0:
-                region = torch.stack([p[1] for p in pairs]).to(device)
+            if attention > 0 or adversary is not None:
                 logits, features = net(batch, return_features=True)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg["label_smoothing"])
-                outside_loss = energy_outside_lungs(model.head.weight, features, logits, labels, region,
-                                                    image_weights[idx].to(device))
-                loss = loss + attention * outside_loss
-                outside_losses.append(float(outside_loss.detach()))
+                if attention > 0:
+                    region = torch.stack([p[1] for p in pairs]).to(device)
+                    outside_loss = energy_outside_lungs(model.head.weight, features, logits, labels, region,
+                                                        image_weights[idx].to(device))
+                    loss = loss + attention * outside_loss
+                    outside_losses.append(float(outside_loss.detach()))
+                if adversary is not None:
+                    adversary_loss, confusion_loss = adversary.losses(features, labels, is_adult[idx].to(device))
+                    loss = loss + adversary_loss + adversary_weight * confusion_loss
+                    adversary_losses.append(float(adversary_loss.detach()))  # ln 2 = 0.693: age unreadable
             else:
                 loss = F.cross_entropy(net(batch), labels, label_smoothing=cfg["label_smoothing"])
             optimiser.zero_grad(set_to_none=True)
@@ -264,8 +275,9 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         # the global batch's losses (mean over ranks of equal shards)
-        train_loss, train_outside = distributed.mean_over_ranks(
-            [np.mean(losses), np.mean(outside_losses) if outside_losses else float("nan")], ctx)
+        train_loss, train_outside, train_adversary = distributed.mean_over_ranks(
+            [np.mean(losses), np.mean(outside_losses) if outside_losses else float("nan"),
+             np.mean(adversary_losses) if adversary_losses else float("nan")], ctx)
         epoch_losses.append(train_loss)
         stop = False
         if rank == 0:
@@ -281,7 +293,7 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 val_in_lungs = heatmap_mass_in_lungs(ema.module, *(v.to(device) for v in val_boxed))
             val_loss = float(F.cross_entropy(val_logits, y_val))
             report = classification_report(softmax(val_logits.numpy()), y_val.numpy(), task.classes)
-            row = [epoch + 1, train_loss, train_outside, val_loss,
+            row = [epoch + 1, train_loss, train_outside, train_adversary, val_loss,
                    report["accuracy"], report["auc_macro"], val_in_lungs, scheduler.get_last_lr()[0], time.time() - t0]
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
@@ -302,7 +314,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
                 stale += 1
             torch.save({"model": model.state_dict(), "ema_full": ema.state_dict(), "optimiser": optimiser.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
-                        "network": spec, "config": cfg}, out / "last.pt")
+                        "network": spec, "config": cfg,
+                        **({"adversary": adversary.state_dict()} if adversary is not None else {})}, out / "last.pt")
             # no early stop while the learning rate is high (BN statistics and weights still move fast)
             stop = stale >= cfg["patience"] and epoch + 1 >= cfg["min_epochs"]
         stop = distributed.broadcast_flag(stop, ctx)
@@ -320,6 +333,25 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
         (out / "train_summary.json").write_text(json.dumps({"task": task.name, "best": best, "network": spec, "config": cfg,
                                                             "seconds": time.time() - started}, indent=2))
     return best
+
+
+class AgeAdversary(torch.nn.Module):
+    """Reads child vs adult from the pooled features *within each class* (one linear score per class). It learns on
+    detached features; the network is asked to leave it undecided (probability 1/2: a bounded confusion loss, where
+    reversing its gradient made the features grow without limit), so that a class's adults and children look alike
+    to the head (against "child = other pneumonia"). A class with one age group (COVID: adults) teaches it nothing."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.score = torch.nn.Linear(channels, num_classes)
+
+    def losses(self, features: torch.Tensor, labels: torch.Tensor, is_adult: torch.Tensor):
+        """(the adversary's own loss, the network's confusion loss)."""
+        pooled = features.mean(dim=(2, 3))
+        own = F.linear(pooled.detach(), self.score.weight, self.score.bias).gather(1, labels[:, None])[:, 0]
+        fooled = F.linear(pooled, self.score.weight.detach(), self.score.bias.detach()).gather(1, labels[:, None])[:, 0]
+        return (F.binary_cross_entropy_with_logits(own, is_adult),
+                F.binary_cross_entropy_with_logits(fooled, torch.full_like(fooled, 0.5)))
 
 
 def energy_outside_lungs(head_weight, features, logits, labels, regions, weights) -> torch.Tensor:
@@ -667,6 +699,8 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     if cfg.get("balance", "class") != "class":
         parts.append(f"--balance {cfg['balance']}")
     parts.append(f"--lung-attention {float(cfg.get('lung_attention') or 0):g}")  # explicit: configs may differ
+    if cfg.get("age_adversary"):
+        parts.append(f"--age-adversary {float(cfg['age_adversary']):g}")
     if init:
         parts.append(f"--init {init}")
     return before + " ".join(parts + [f"--out {out}"] + (["--export"] if export else []))
@@ -724,6 +758,8 @@ def main() -> int:
                         help="sampling: classes equally often, or also age groups within each class")
     parser.add_argument("--lung-attention", type=float, dest="lung_attention",
                         help="weight of the penalty on class-activation mass outside the lungs (0: off)")
+    parser.add_argument("--age-adversary", type=float, dest="age_adversary",
+                        help="weight of a class-conditional child-vs-adult adversary on the features (0: off)")
     parser.add_argument("--init", help="checkpoint whose weights initialise the network (cross-task pre-training)")
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true")
@@ -745,7 +781,7 @@ def main() -> int:
     if args.config:  # recorded, so that the model card's command names it
         given = Path(args.config).resolve()
         config["config_file"] = str(given.relative_to(REPO)) if given.is_relative_to(REPO) else args.config
-    for key in ("network", "epochs", "seed", "balance", "lung_attention", "device"):
+    for key in ("network", "epochs", "seed", "balance", "lung_attention", "age_adversary", "device"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.recalibrate:
