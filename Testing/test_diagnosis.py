@@ -234,7 +234,7 @@ def test_the_age_adversary_learns_to_read_age_while_the_network_learns_to_hide_i
     with torch.no_grad():
         adversary.score.weight.zero_()
         adversary.score.bias.zero_()
-    assert float(adversary.losses(features, labels, is_adult)[1]) == pytest.approx(np.log(2))
+    assert adversary.losses(features, labels, is_adult)[1].item() == pytest.approx(np.log(2))
 
 
 def test_calibration_weighs_every_class_the_same_unless_told_otherwise():
