@@ -406,7 +406,18 @@ def test_logic_heatmap_volume_shares_the_xray_geometry(data_dir, scene):
     assert result.table.GetNumberOfRows() == 3
     assert result.table.GetTable().GetColumnByName("class").GetValue(0) == "COVID"
     assert result.reportNode.GetText() == result.report
+    # the card's caution for a COVID reading (adult other pneumonia is not recognised) is in the report under it
+    assert result.prediction == "COVID"  # an adult COVID X-ray (ieee8023)
+    assert "Caution: on adults this model does not tell COVID from other pneumonia" in result.report
     logic.showHeatmap(xray, result.heatmap)  # no slice views here: must not fail
+
+
+def test_a_card_cautions_a_prediction_only_where_a_subgroup_is_read_badly():
+    from train_diagnosis import _cautions
+
+    key = "OTHER_PNEUMONIA | adult (ieee8023_covid_subset_512)"
+    assert "2 of 19" in _cautions({key: {"n": 19, "sensitivity": 2 / 19}})["COVID"]
+    assert _cautions({key: {"n": 19, "sensitivity": 0.9}}) == {} == _cautions(None)
 
 
 def test_reproduce_command_chains_the_shipped_init(tmp_path):

@@ -608,7 +608,8 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "figures": f"docs/models/{task.name}/ (roc.png, confusion_matrix.png, reliability.png; external/ the same "
                    "for the external split)",
         "command": command,
-        "limitations": _limitations(task),
+        "limitations": _limitations(task, report["external"].get("subgroups")),
+        "cautions": _cautions(report["external"].get("subgroups")),
     }
     save_model(task.name, ckpt["ema"], card, folder)
     write_model_doc(card, Path(doc or REPO / "docs" / "models" / task.name / "README.md"))
@@ -706,7 +707,9 @@ def reproduce_command(task_name: str, out: str, export: bool = True) -> str:
     return before + " ".join(parts + [f"--out {out}"] + (["--export"] if export else []))
 
 
-def _limitations(task) -> str:
+def _limitations(task, external_subgroups: dict | None = None) -> str:
+    """The card's limitations; ``external_subgroups`` (the external split's per age group / source sensitivities)
+    adds what they show where a subgroup is read badly."""
     common = ("Inputs are 224 px (Kermany, COVID-19 Radiography) or <=512 px (ieee8023) public copies, all squashed to "
               f"{task.image_size} px. All Kermany images come from that set's official train split; its official test "
               "split (a different acquisition period) is not available here: the external split holds the patients "
@@ -721,10 +724,31 @@ def _limitations(task) -> str:
                          "a class's adults as often as its children (balance: class_and_age) against the 'child = other "
                          "pneumonia' shortcut. COVID-19 Radiography images have no patient ids (split by image; a "
                          "patient may appear in two splits, not across the external block). Normals include pediatric "
-                         "Kermany and adult RSNA images so that age is not a class shortcut.")
+                         "Kermany and adult RSNA images so that age is not a class shortcut."
+                         + _adult_other_warning(external_subgroups))
     return common + ("Pediatric patients (1-5 years) only: not validated on adults. Trained with the lung-attention "
                      "penalty (training.lung_attention): its heat maps stay inside the lungs (held_out_test.heatmap, "
                      "measured on adult ieee8023 X-rays, outside the training population).")
+
+
+def _cautions(subgroups: dict | None) -> dict:
+    """Per predicted class, what a reader must know (shown in the report under that prediction)."""
+    adults = (subgroups or {}).get("OTHER_PNEUMONIA | adult (ieee8023_covid_subset_512)")
+    if not adults or adults["sensitivity"] >= 0.5:
+        return {}
+    return {"COVID": "on adults this model does not tell COVID from other pneumonia (it read "
+                     f"{round(adults['sensitivity'] * adults['n'])} of {adults['n']} unseen adult non-COVID pneumonia "
+                     "X-rays as such, most as COVID); consider other causes."}
+
+
+def _adult_other_warning(subgroups: dict | None) -> str:
+    adults = (subgroups or {}).get("OTHER_PNEUMONIA | adult (ieee8023_covid_subset_512)")
+    if not adults or adults["sensitivity"] >= 0.5:
+        return ""
+    hits = round(adults["sensitivity"] * adults["n"])
+    return (f" On adults the model does not recognise non-COVID pneumonia: {hits} of {adults['n']} external adult "
+            "other-pneumonia X-rays were read as OTHER_PNEUMONIA, most as COVID (training/README.md: its 28 training "
+            "adults are memorised). A COVID reading of an adult X-ray does not rule out another pneumonia.")
 
 
 def optuna_search(task_name: str, out: str, config: dict, trials: int) -> dict:

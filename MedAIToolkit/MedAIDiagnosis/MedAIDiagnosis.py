@@ -203,7 +203,8 @@ class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
         if heatmap:
             heat = classifier.heatmap(image, k, name)
             heat_node = add_heatmap_node(scene, heat, volume, f"{name} {task} heat map ({prediction})")
-        report = report_text(classifier.classes, probabilities, name, classifier.task.description, classifier.temperature)
+        report = report_text(classifier.classes, probabilities, name, classifier.task.description, classifier.temperature,
+                             classifier.caution(prediction))
         if inputXRay.GetAttribute("MedAI.warning"):
             report += f"\nInput: {inputXRay.GetAttribute('MedAI.warning')}"
         report_node = add_report_node(scene, report, f"{name} {task} report")

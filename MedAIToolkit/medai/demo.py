@@ -262,7 +262,8 @@ def _add_diagnosis_nodes(scene, xray_node) -> None:
     add_probability_table(scene, classifier.classes, probabilities, f"{name} covid probabilities", classifier.classes[k])
     add_heatmap_node(scene, classifier.heatmap(image, k), volume, f"{name} covid heat map")
     add_report_node(scene, report_text(classifier.classes, probabilities, name, classifier.task.description,
-                                       classifier.temperature), f"{name} covid report")
+                                       classifier.temperature, classifier.caution(classifier.classes[k])),
+                    f"{name} covid report")
 
 
 def _liver_stage(ct, liver):

@@ -91,12 +91,16 @@ def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, 
     return rows
 
 
-def report_text(classes, probabilities, name: str = "", task_description: str = "", temperature: float = 1.0) -> str:
-    """A short human-readable report of one image's calibrated probabilities."""
+def report_text(classes, probabilities, name: str = "", task_description: str = "", temperature: float = 1.0,
+                caution: str = "") -> str:
+    """A short human-readable report of one image's calibrated probabilities (``caution``: the model card's
+    caution for the predicted class, shown under the prediction)."""
     order = np.argsort(probabilities)[::-1]
     lines = [f"MedAI Diagnosis — {name}".rstrip(" —"), task_description,
              f"Prediction: {classes[order[0]]} (probability {probabilities[order[0]]:.1%})"]
     lines += [f"  {classes[k]}: {probabilities[k]:.1%}" for k in order]
+    if caution:
+        lines.append(f"Caution: {caution}")
     lines.append(f"Probabilities calibrated by temperature scaling (T = {temperature:.2f}) on validation patients. "
                  "The heat map (Grad-CAM) shows where the evidence for the predicted class lies. "
                  "Research use only; not a medical device.")

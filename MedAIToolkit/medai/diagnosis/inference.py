@@ -48,6 +48,10 @@ class Classifier:
     def classes(self) -> tuple:
         return self.task.classes
 
+    def caution(self, prediction: str) -> str:
+        """What the card says a reader of this prediction must know (e.g. a subgroup the model reads badly); ''."""
+        return (self.card.get("cautions") or {}).get(prediction, "")
+
     def inputs(self, arrays, names=None) -> torch.Tensor:
         names = names or [f"image {i}" for i in range(len(arrays))]
         return torch.stack([preprocess(a, self.image_size, n, self.intensity) for a, n in zip(arrays, names)])
