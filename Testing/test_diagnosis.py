@@ -213,7 +213,6 @@ def test_a_new_export_keeps_the_replaced_cards_rows_and_the_replaced_model():
     assert carried_comparison(None, "runs/covid-next") == {}
 
 
-
 def test_the_age_adversary_learns_to_read_age_while_the_network_learns_to_hide_it():
     """The adversary's own loss trains only the adversary; the confusion loss trains only the features, and is
     smallest where the adversary cannot tell children from adults (probability 1/2)."""

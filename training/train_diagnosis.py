@@ -191,15 +191,14 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
     if rank == 0:  # validation patients' lung boxes (ieee8023, in the covid task) to follow the heat maps
         val_boxed = [r for r in records(get_task("covid"), "val") if r.lung_boxes]
         val_boxed = (load_images(val_boxed, size, False, intensity), lung_box_masks(val_boxed, size))
-    age_groups = None
-    if cfg.get("balance") == "class_and_age":
-        age_groups = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.long)
-    adversary_weight = float(cfg.get("age_adversary") or 0.0)
     is_adult = torch.tensor([r.age_group == "adult" for r in train_recs], dtype=torch.float32)
+    age_groups = is_adult.long() if cfg.get("balance") == "class_and_age" else None
+    adversary_weight = float(cfg.get("age_adversary") or 0.0)
 
     model = build_classifier(spec, task.num_classes)
     if (attention > 0 or adversary_weight > 0) and not isinstance(model, CompactCXRNet):
-        raise SystemExit("lung_attention and age_adversary need the compact network (a global-average-pool + linear head)")
+        raise SystemExit("lung_attention and age_adversary need the compact network "
+                         "(a global-average-pool + linear head)")
     skipped = load_init(model, init) if init else []
     model = model.to(device)
     adversary = AgeAdversary(model.head.in_features, task.num_classes).to(device) if adversary_weight > 0 else None
@@ -227,8 +226,8 @@ def train(task_name: str, out: str, config: dict, resume: bool = False, progress
             adversary.load_state_dict(state["adversary"])
     augment = Augmentation(size, cfg["seed"], cfg["augmentation"])
     log_path = out / "metrics.csv"
-    fields = ["epoch", "train_loss", "train_energy_outside_lungs", "train_age_adversary_loss", "val_loss", "val_accuracy", "val_auc_macro",
-              "val_heatmap_mass_in_lungs", "lr", "seconds"]
+    fields = ["epoch", "train_loss", "train_energy_outside_lungs", "train_age_adversary_loss", "val_loss",
+              "val_accuracy", "val_auc_macro", "val_heatmap_mass_in_lungs", "lr", "seconds"]
     if rank == 0 and (start == 0 or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
@@ -496,34 +495,22 @@ def comparison_entry(task, run: str) -> tuple[str, dict] | None:
         return None
     other = json.loads(path.read_text())
     trained = json.loads((Path(run) / "train_summary.json").read_text())
-    return Path(run).name, {
-        "network": other["network"]["name"], "init": trained["best"].get("init"),
-        "val_loss": trained["best"]["val_loss"], "val_accuracy": other["validation"]["accuracy"],
-        "val_nll_calibrated": min(other.get("tta_validation_nll", {"-": None}).values()),
-        "val_heatmap_mass_in_lungs": other.get("validation_heatmap", {}).get("mean_fraction_in_lungs"),
-        "test_accuracy": other["accuracy"], "test_auc_macro": other["auc_macro"],
-        "test_heatmap_mass_in_lungs": other.get("heatmap", {}).get("mean_fraction_in_lungs"),
-        "external_accuracy": other.get("external", {}).get("accuracy"),
-        "external_auc_macro": other.get("external", {}).get("auc_macro"),
-        "external_min_sensitivity": min((m["sensitivity"] for m in other.get("external", {})
-                                         .get("per_class", {}).values()), default=None),
-        "image_size": trained["config"].get("image_size") or task.image_size,
-        "intensity": trained["config"].get("intensity", "percentile"),
-        "epochs_run": len(trained["best"].get("train_losses", [])),
-        "train_seconds": trained.get("seconds"),
-        "parameters": other["parameters"]}
+    return Path(run).name, comparison_row(
+        other, {**other["validation"], "heatmap": other.get("validation_heatmap", {})}, other, other.get("external", {}),
+        init=trained["best"].get("init"), val_loss=trained["best"]["val_loss"],
+        image_size=trained["config"].get("image_size") or task.image_size,
+        intensity=trained["config"].get("intensity", "percentile"),
+        epochs_run=len(trained["best"].get("train_losses", [])), train_seconds=trained.get("seconds"))
 
 
-def shipped_row(card: dict) -> tuple[str, dict]:
-    """A 'comparison' row for the model a card describes (named after its run, ``(shipped before)``): exporting a new
-    model keeps the one it replaces in the table, with the numbers its card holds, even when its run folder is gone."""
-    match = re.findall(r"--out (\S+)", card.get("command", ""))
-    name = f"{Path(match[-1]).name if match else card['task']} (shipped before)"
-    test, external, validation = card["held_out_test"], card.get("external_test", {}), card.get("validation", {})
-    return name, {
-        "network": card["network"]["name"], "init": card.get("init"), "val_loss": validation.get("loss"),
+def comparison_row(model: dict, validation: dict, test: dict, external: dict, **training) -> dict:
+    """A card's 'comparison' row: ``model`` holds network, tta_validation_nll and parameters (an evaluation report
+    or a card), ``validation`` / ``test`` / ``external`` the metrics of each split (each with its ``heatmap``);
+    ``training``: init, val_loss, image_size, intensity, epochs_run, train_seconds."""
+    return {
+        "network": model["network"]["name"], "init": training["init"], "val_loss": training["val_loss"],
         "val_accuracy": validation.get("accuracy"),
-        "val_nll_calibrated": min((v for v in (card.get("tta_validation_nll") or {}).values() if v is not None),
+        "val_nll_calibrated": min((v for v in (model.get("tta_validation_nll") or {}).values() if v is not None),
                                   default=None),
         "val_heatmap_mass_in_lungs": validation.get("heatmap", {}).get("mean_fraction_in_lungs"),
         "test_accuracy": test["accuracy"], "test_auc_macro": test["auc_macro"],
@@ -531,9 +518,22 @@ def shipped_row(card: dict) -> tuple[str, dict]:
         "external_accuracy": external.get("accuracy"), "external_auc_macro": external.get("auc_macro"),
         "external_min_sensitivity": min((m["sensitivity"] for m in external.get("per_class", {}).values()),
                                         default=None),
-        "image_size": card.get("image_size"), "intensity": card.get("intensity", "percentile"),
-        "epochs_run": card.get("training", {}).get("epochs"), "train_seconds": card.get("train_seconds"),
-        "parameters": card.get("parameters")}
+        "image_size": training["image_size"], "intensity": training["intensity"],
+        "epochs_run": training["epochs_run"], "train_seconds": training["train_seconds"],
+        "parameters": model.get("parameters")}
+
+
+def shipped_row(card: dict) -> tuple[str, dict]:
+    """A 'comparison' row for the model a card describes (named after its run, ``(shipped before)``): exporting a new
+    model keeps the one it replaces in the table, with the numbers its card holds, even when its run folder is gone."""
+    match = re.findall(r"--out (\S+)", card.get("command", ""))
+    name = f"{Path(match[-1]).name if match else card['task']} (shipped before)"
+    validation = card.get("validation", {})
+    return name, comparison_row(
+        card, validation, card["held_out_test"], card.get("external_test", {}), init=card.get("init"),
+        val_loss=validation.get("loss"), image_size=card.get("image_size"),
+        intensity=card.get("intensity", "percentile"), epochs_run=card.get("training", {}).get("epochs"),
+        train_seconds=card.get("train_seconds"))
 
 
 def carried_comparison(previous: dict | None, out: str) -> dict:
@@ -541,12 +541,8 @@ def carried_comparison(previous: dict | None, out: str) -> dict:
     the replaced model itself, except rows of the run being exported."""
     if not previous or "held_out_test" not in previous:
         return {}
-    rows = {name: row for name, row in previous.get("comparison", {}).items()
-            if name.split(" (")[0] != Path(out).name}
-    name, row = shipped_row(previous)
-    if name.split(" (")[0] != Path(out).name:
-        rows[name] = row
-    return rows
+    rows = dict([*previous.get("comparison", {}).items(), shipped_row(previous)])
+    return {name: row for name, row in rows.items() if name.split(" (")[0] != Path(out).name}
 
 
 def add_to_card(task_name: str, runs: list[str], folder=None, doc=None) -> dict:
@@ -567,9 +563,9 @@ def add_to_card(task_name: str, runs: list[str], folder=None, doc=None) -> dict:
     return card
 
 
-def export(task_name: str, out: str, command: str, compare: list[str] | None = None, folder=None, doc=None) -> dict:
-    """Evaluate the run and write the model + card to Resources/Models (``folder``). The card's comparison keeps the
-    replaced card's rows and the replaced model (:func:`carried_comparison`); ``compare`` runs add or refresh rows."""
+def export(task_name: str, out: str, command: str, compare: list[str] | None = None) -> dict:
+    """Evaluate the run and write the model + card to Resources/Models. The card's comparison keeps the replaced
+    card's rows and the replaced model (:func:`carried_comparison`); ``compare`` runs add or refresh rows."""
     from medai.models import models_dir, save_model
 
     task = get_task(task_name)
@@ -577,8 +573,7 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
     ckpt = torch.load(Path(out) / "best.pt", map_location="cpu", weights_only=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     trained_best = summary["best"]
-    previous_path = Path(folder or models_dir()) / f"{task.name}.json"
-    previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
+    previous = read_card(task.name) if (models_dir() / f"{task.name}.json").exists() else None
     comparison = {**carried_comparison(previous, out),
                   **dict(filter(None, (comparison_entry(task, run) for run in compare or [])))}
     card = {
@@ -611,10 +606,9 @@ def export(task_name: str, out: str, command: str, compare: list[str] | None = N
         "limitations": _limitations(task, report["external"].get("subgroups")),
         "cautions": _cautions(report["external"].get("subgroups")),
     }
-    save_model(task.name, ckpt["ema"], card, folder)
-    write_model_doc(card, Path(doc or REPO / "docs" / "models" / task.name / "README.md"))
-    if doc is None:
-        copy_figures(task, Path(out) / "eval")
+    save_model(task.name, ckpt["ema"], card)
+    write_model_doc(card, REPO / "docs" / "models" / task.name / "README.md")
+    copy_figures(task, Path(out) / "eval")
     return card
 
 
@@ -731,22 +725,28 @@ def _limitations(task, external_subgroups: dict | None = None) -> str:
                      "measured on adult ieee8023 X-rays, outside the training population).")
 
 
-def _cautions(subgroups: dict | None) -> dict:
-    """Per predicted class, what a reader must know (shown in the report under that prediction)."""
+def _adult_other_missed(subgroups: dict | None) -> tuple[int, int] | None:
+    """(read as such, images) of the external adult other pneumonia when fewer than half are read as such."""
     adults = (subgroups or {}).get("OTHER_PNEUMONIA | adult (ieee8023_covid_subset_512)")
     if not adults or adults["sensitivity"] >= 0.5:
+        return None
+    return round(adults["sensitivity"] * adults["n"]), adults["n"]
+
+
+def _cautions(subgroups: dict | None) -> dict:
+    """Per predicted class, what a reader must know (shown in the report under that prediction)."""
+    missed = _adult_other_missed(subgroups)
+    if missed is None:
         return {}
-    return {"COVID": "on adults this model does not tell COVID from other pneumonia (it read "
-                     f"{round(adults['sensitivity'] * adults['n'])} of {adults['n']} unseen adult non-COVID pneumonia "
-                     "X-rays as such, most as COVID); consider other causes."}
+    return {"COVID": f"on adults this model does not tell COVID from other pneumonia (it read {missed[0]} of "
+                     f"{missed[1]} unseen adult non-COVID pneumonia X-rays as such, most as COVID); consider other causes."}
 
 
 def _adult_other_warning(subgroups: dict | None) -> str:
-    adults = (subgroups or {}).get("OTHER_PNEUMONIA | adult (ieee8023_covid_subset_512)")
-    if not adults or adults["sensitivity"] >= 0.5:
+    missed = _adult_other_missed(subgroups)
+    if missed is None:
         return ""
-    hits = round(adults["sensitivity"] * adults["n"])
-    return (f" On adults the model does not recognise non-COVID pneumonia: {hits} of {adults['n']} external adult "
+    return (f" On adults the model does not recognise non-COVID pneumonia: {missed[0]} of {missed[1]} external adult "
             "other-pneumonia X-rays were read as OTHER_PNEUMONIA, most as COVID (training/README.md: its 28 training "
             "adults are memorised). A COVID reading of an adult X-ray does not rule out another pneumonia.")
 
