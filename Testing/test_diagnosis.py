@@ -344,7 +344,7 @@ def test_cli_diagnose_batch_csv_heatmaps_and_errors_per_file(data_dir, tmp_path)
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2  # some files failed ...
     rows = list(csv.DictReader(open(out_csv)))
-    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "warning", "error"]
+    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "caution", "warning", "error"]
     by_name = {Path(r["path"]).name: r for r in rows}
     assert len(rows) == 5
     for name in ("a_normal.jpeg", "b_pneumonia.jpeg"):  # ... the others are still done
@@ -408,7 +408,25 @@ def test_logic_heatmap_volume_shares_the_xray_geometry(data_dir, scene):
     # the card's caution for a COVID reading (adult other pneumonia is not recognised) is in the report under it
     assert result.prediction == "COVID"  # an adult COVID X-ray (ieee8023)
     assert "Caution: on adults this model does not tell COVID from other pneumonia" in result.report
+    assert result.caution and result.caution in result.report
     logic.showHeatmap(xray, result.heatmap)  # no slice views here: must not fail
+
+
+def test_the_batch_csv_carries_the_cards_caution_for_a_covid_reading(data_dir, tmp_path):
+    """The caution the Slicer report prints under a COVID reading is in the CSV row too, and only there."""
+    from medai.diagnosis.batch import diagnose_files
+
+    covid = data_dir / "chest_xray/ieee8023_covid_subset_512/COVID/article_river_1a00a3c07ea311eab70491c6fb93d336-figure-2.jpg"
+    classifier = Classifier("covid")
+    rows = diagnose_files(classifier, [str(covid), str(data_dir / KERMANY_NORMAL)], csv_path=str(tmp_path / "r.csv"))
+    by_name = {Path(r["path"]).name: r for r in rows}
+    adult_covid, child_normal = by_name[covid.name], by_name[Path(KERMANY_NORMAL).name]
+    assert adult_covid["prediction"] == "COVID" and child_normal["prediction"] == "NORMAL"
+    assert adult_covid["caution"] == classifier.caution("COVID")
+    assert "on adults this model does not tell COVID from other pneumonia" in adult_covid["caution"]
+    assert child_normal["caution"] == ""
+    written = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [r["caution"] for r in written] == [r["caution"] for r in rows]
 
 
 def test_a_card_cautions_a_prediction_only_where_a_subgroup_is_read_badly():

@@ -57,7 +57,8 @@ def _write_csv(rows, csv_path):
 
 
 def diagnose_folder(folder, task="pneumonia", csv_path=None):
-    """Classify every X-ray (.png/.jpg/.jpeg/.dcm) in ``folder``; one row per file (prediction, p_<CLASS>)."""
+    """Classify every X-ray (.png/.jpg/.jpeg/.dcm) in ``folder``; one row per file (prediction, p_<CLASS>,
+    caution: the model card's caution for that prediction, '' when none)."""
     logic = moduleLogic("MedAIDiagnosis")
     rows = []
     for path in _files(folder, (".png", ".jpg", ".jpeg", ".dcm")):
@@ -69,6 +70,7 @@ def diagnose_folder(folder, task="pneumonia", csv_path=None):
             created += [result.table, result.reportNode]
             row["prediction"] = result.prediction
             row.update({f"p_{c}": round(p, 4) for c, p in result.probabilities.items()})
+            row["caution"] = result.caution
         except Exception as exc:  # report and go on with the next study
             row["error"] = str(exc)
             logging.error(f"{path}: {exc}")

@@ -153,6 +153,7 @@ class DiagnosisResult:
     heatmap: object  # vtkMRMLScalarVolumeNode (None when not asked for)
     reportNode: object  # vtkMRMLTextNode
     report: str
+    caution: str = ""  # the model card's caution for this prediction (also in the report); '' when none
 
 
 class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
@@ -203,14 +204,15 @@ class MedAIDiagnosisLogic(ScriptedLoadableModuleLogic):
         if heatmap:
             heat = classifier.heatmap(image, k, name)
             heat_node = add_heatmap_node(scene, heat, volume, f"{name} {task} heat map ({prediction})")
+        caution = classifier.caution(prediction)
         report = report_text(classifier.classes, probabilities, name, classifier.task.description, classifier.temperature,
-                             classifier.caution(prediction))
+                             caution)
         if inputXRay.GetAttribute("MedAI.warning"):
             report += f"\nInput: {inputXRay.GetAttribute('MedAI.warning')}"
         report_node = add_report_node(scene, report, f"{name} {task} report")
         logging.info(report)
         return DiagnosisResult(prediction, dict(zip(classifier.classes, map(float, probabilities))), table, heat_node,
-                               report_node, report)
+                               report_node, report, caution)
 
     def showHeatmap(self, xrayNode, heatmapNode, opacity: float = 0.4) -> None:
         """X-ray in the background, heat map as a coloured foreground overlay in the slice views."""

@@ -143,7 +143,7 @@ class DiagnoseTask(Task):
 
         self.classifier = Classifier(task, device=device)
         self.heatmaps = heatmaps
-        self.fields = ["prediction", *(f"p_{c}" for c in self.classifier.classes), "warning"]
+        self.fields = ["prediction", *(f"p_{c}" for c in self.classifier.classes), "caution", "warning"]
 
     def read(self, item):
         from .io import read_xray

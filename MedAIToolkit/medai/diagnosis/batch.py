@@ -49,18 +49,21 @@ def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
 
 
 def classify_image(classifier: Classifier, image: np.ndarray, name: str, heatmap: bool = False):
-    """One X-ray -> (columns ``prediction``, ``p_<CLASS>`` (4 decimals), the heat map blended over the X-ray as
-    uint8 RGB or None). What ``medai diagnose`` and ``medai batch diagnose`` write per image."""
+    """One X-ray -> (columns ``prediction``, ``p_<CLASS>`` (4 decimals), ``caution`` (the model card's caution for the
+    predicted class, '' when none), the heat map blended over the X-ray as uint8 RGB or None). What ``medai diagnose``
+    and ``medai batch diagnose`` write per image."""
     classes = classifier.classes
     probabilities = classifier.probabilities([image], [name])[0]
     k = int(np.argmax(probabilities))
-    columns = {"prediction": classes[k], **{f"p_{c}": f"{p:.4f}" for c, p in zip(classes, probabilities)}}
+    columns = {"prediction": classes[k], **{f"p_{c}": f"{p:.4f}" for c, p in zip(classes, probabilities)},
+               "caution": classifier.caution(classes[k])}
     overlay = overlay_rgb(image, classifier.heatmap(image, k, name)) if heatmap else None
     return columns, overlay
 
 
 def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, heatmaps: str | None = None) -> list[dict]:
-    """Classify every input. Returns one row per file: path, prediction, p_<CLASS>..., error (empty when done).
+    """Classify every input. Returns one row per file: path, prediction, p_<CLASS>..., caution, warning (the input's:
+    e.g. converted to grey), error (empty when done).
 
     A file that cannot be read (or is not a grey 2D X-ray) gets its error in its row; the others are still done.
     """
@@ -71,7 +74,8 @@ def diagnose_files(classifier: Classifier, inputs, csv_path: str | None = None, 
     if heatmaps:
         os.makedirs(heatmaps, exist_ok=True)
     for path in expand_inputs(inputs):
-        row = {"path": str(path), "prediction": "", **{f"p_{c}": "" for c in classes}, "warning": "", "error": ""}
+        row = {"path": str(path), "prediction": "", **{f"p_{c}": "" for c in classes}, "caution": "", "warning": "",
+               "error": ""}
         try:
             xray = read_xray(str(path))
             row["warning"] = xray.meta.get("warning", "")
