@@ -6,7 +6,9 @@ current pose, and the agent takes the first one, in that order, whose DRR matche
 the step budget, it stops. On the CT it trained on the first choice nearly always passes (one render a step); on a
 CT it never saw, where its ranking is often wrong, the check keeps it from walking away: on the benchmark's 100
 frames of the unseen abdominal CT, agent alone < 10 mm 0.16 (greedy) -> 0.82 (checked), chest 0.96 -> 0.965, for
-about 4x the renders (training/README.md).
+about 4x the renders (training/README.md). Checked inference ends with the depth stage
+(``AgentSettings.check_depth``, :mod:`medai.registration.depth`): the agent's +/- tz moves once more, each checked
+against the frame with the refinement's fine frame model, since the views' NCC does not read depth.
 Greedy (``checked=False``, as trained and validated in training): the best-ranked action is always taken; when the
 agent oscillates (comes back within half a step of a pose it visited at this step size) or no action is expected to
 help, the step size shrinks.
@@ -47,11 +49,12 @@ class AgentSettings:
     max_steps: int = 60
     checked: bool = True  # each step must improve the image match (see the module docstring)
     max_renders: int = 400  # checked inference: DRRs rendered at most (each tried action costs one)
+    check_depth: bool = True  # checked inference ends with the depth stage (medai.registration.depth)
 
     def to_dict(self) -> dict:
         return {"ct_spacing_mm": self.ct_spacing_mm, "work_size": self.work_size, "patch": self.patch,
                 "levels": [list(level) for level in self.levels], "max_steps": self.max_steps,
-                "checked": self.checked, "max_renders": self.max_renders}
+                "checked": self.checked, "max_renders": self.max_renders, "check_depth": self.check_depth}
 
     @classmethod
     def from_dict(cls, values: dict) -> "AgentSettings":

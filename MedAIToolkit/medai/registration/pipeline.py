@@ -18,6 +18,7 @@ from ..drr.renderer import prepare_ct
 from ..errors import MedAIInputError
 from ..io import Volume, resample_volume
 from .agent import Agent, run_agent
+from .depth import check_depth
 from .environment import Environment, FixedImage, check_overlap
 from .frame import Frame
 from .motion import body_points
@@ -168,16 +169,17 @@ class Registrar:
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
         t_prep = time.perf_counter()
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
+        levels = self._refine_levels(frame)
+        t_depth = time.perf_counter()
+        if (trajectory.checked and settings.check_depth and mode == "2d3d" and max_steps != 0
+                and trajectory.stop_reason != "cancelled"):
+            agent_pose = check_depth(levels[-1], env, agent_pose, init, [mm for mm, _ in settings.levels],
+                                     trajectory, cancel)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
         pose, similarity, refine_log, refined_from = agent_pose, agent_similarity, [], "agent"
         features = self._features(agent_similarity, agent_similarity, agent_pose, agent_pose, UNKNOWN_UNCERTAINTY_MM)
         if refine_result and trajectory.stop_reason != "cancelled":
-            levels = []
-            for level in REFINE_LEVELS:
-                ct = self.cts[level["ct_spacing_mm"] or settings.ct_spacing_mm]
-                options = {k: v for k, v in level.items() if k not in ("ct_spacing_mm", "work_size")}
-                levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), **options))
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             features = self._outcome_features(kept, agent_similarity, agent_pose)
             if (self._confidence(features) < SECOND_START_CONFIDENCE
@@ -195,9 +197,18 @@ class Registrar:
             pose.to_pose(), pose.matrix(self.centre_ras), agent_pose.to_pose(), agent_pose.matrix(self.centre_ras),
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
-            {"frame": t_prep - start, "agent": t_agent - t_prep, "refine": end - t_agent,
+            {"frame": t_prep - start, "agent": t_agent - t_prep, "agent_depth": t_agent - t_depth, "refine": end - t_agent,
              "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders)},
             features, refined_from, "checked" if trajectory.checked else "greedy")
+
+    def _refine_levels(self, frame: Frame) -> list[RefineLevel]:
+        """The refinement's levels (:data:`REFINE_LEVELS`) on this frame; the last one also checks the agent's depth."""
+        levels = []
+        for level in REFINE_LEVELS:
+            ct = self.cts[level["ct_spacing_mm"] or self.agent.settings.ct_spacing_mm]
+            options = {k: v for k, v in level.items() if k not in ("ct_spacing_mm", "work_size")}
+            levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), **options))
+        return levels
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
