@@ -98,12 +98,14 @@ def test_register_makes_new_nodes_and_moves_only_the_ct_transform(case, agent_pa
     # trajectory table: one row per trajectory entry
     table = out.tableNode.GetTable()
     assert out.tableNode.GetNumberOfRows() == len(result.trajectory) >= 1
-    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["step", "action", "similarity"]
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["step", "action", "similarity",
+                                                                                   "stage"]
     assert table.GetColumnByName("step").GetDataTypeAsString() == "int"
     for row, entry in enumerate(result.trajectory):
         assert table.GetValue(row, 0).ToInt() == entry["step"]
         assert table.GetValue(row, 1).ToString() == entry["action"]
         assert table.GetValue(row, 2).ToDouble() == pytest.approx(entry["similarity"])
+        assert table.GetValue(row, 3).ToString() == entry.get("stage", "agent")
     # frame copy on the detector plane of the C-arm at the initial pose; the DRR on the same grid
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(out.frameNode), frame_pixels)
     ijk_to_ras = _ijk_to_ras(out.frameNode)

@@ -282,7 +282,7 @@ class RegistrationOutcome:
     transformNode: object  # vtkMRMLLinearTransformNode: inverse(M_init) @ M_result, observed by the CT
     frameNode: object  # vtkMRMLScalarVolumeNode: the frame on the detector plane of the initial C-arm placement
     drrNode: object  # vtkMRMLScalarVolumeNode: DRR at the registered pose, same grid as frameNode
-    tableNode: object  # vtkMRMLTableNode: the agent's trajectory (step, action, similarity)
+    tableNode: object  # vtkMRMLTableNode: the agent's trajectory (step, action, similarity, stage)
     result: object  # medai.registration.RegistrationResult
     confidence: float
     lowConfidence: bool

@@ -134,16 +134,19 @@ def add_detector_node(scene, image: np.ndarray, carm: CArmGeometry, ras_to_carm:
 
 
 def add_trajectory_table(scene, trajectory: list, name: str):
-    """NEW table node: one row per agent step (step, action, similarity)."""
+    """NEW table node: one row per agent step (step, action, similarity, stage: "agent" for the checked steps,
+    "depth" for the depth stage's moves along the beam)."""
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
-    steps, actions, similarities = vtk.vtkIntArray(), vtk.vtkStringArray(), vtk.vtkDoubleArray()
-    for array, column in ((steps, "step"), (actions, "action"), (similarities, "similarity")):
+    steps, similarities = vtk.vtkIntArray(), vtk.vtkDoubleArray()
+    actions, stages = vtk.vtkStringArray(), vtk.vtkStringArray()
+    for array, column in ((steps, "step"), (actions, "action"), (similarities, "similarity"), (stages, "stage")):
         array.SetName(column)
     for row in trajectory:
         steps.InsertNextValue(int(row["step"]))
         actions.InsertNextValue(str(row["action"]))
         similarities.InsertNextValue(float(row["similarity"]))
-    for array in (steps, actions, similarities):
+        stages.InsertNextValue(str(row.get("stage", "agent")))
+    for array in (steps, actions, similarities, stages):
         table.AddColumn(array)
     return table
 
