@@ -11,8 +11,7 @@ from medai.registration import RigidPose
 from medai.registration.agent import DEFAULT_LEVELS, Trajectory
 from medai.registration.depth import check_depth
 from medai.registration.environment import Environment, FixedImage
-from medai.registration.pipeline import REFINE_LEVELS
-from medai.registration.refine import RefineLevel
+from medai.registration.pipeline import REFINE_LEVELS, refine_level
 
 CARM = CArmGeometry(1020.0, 750.0, 128, 128, 2.4, 2.4)
 TRUTH = Pose.from_array((4.0, -3.0, 2.0, 1.0, -1.0, -10.0))
@@ -32,9 +31,8 @@ def setting(sample_ct):
     return ct, centre, FixedImage.build(image, np.ones((128, 128), bool), CARM)
 
 
-def _fine_level(ct, fixed) -> RefineLevel:
-    options = {k: v for k, v in REFINE_LEVELS[-1].items() if k not in ("ct_spacing_mm", "work_size")}
-    return RefineLevel(ct, fixed, **options)
+def _fine_level(ct, fixed):
+    return refine_level(REFINE_LEVELS[-1], ct, fixed)
 
 
 def _agent_stopped(env, pose) -> Trajectory:

@@ -11,16 +11,13 @@ refinement (reported separately) is what moves all six together.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import MedAIInputError
 from .agent import Trajectory, within_search_range
 from .environment import Environment
-from .poses import ACTION_NAMES, RigidPose
+from .poses import ACTION_NAMES, RigidPose, action_delta
 from .refine import RefineLevel, _Residual
 
-TZ = 2
-"""Index of tz (along the beam) in a pose's six parameters; actions 4 / 5 are +tz / -tz."""
+DEPTH_ACTIONS = (ACTION_NAMES.index("+tz"), ACTION_NAMES.index("-tz"))
 MAX_MOVES_PER_STEP = 12
 """At most this many moves at one step size (the search range already bounds the walk)."""
 
@@ -37,33 +34,38 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     cost = float(r @ r)
     final = trajectory.rows.pop()
     step_number, similarity = final["step"], final["similarity"]
-    direction = 1.0
+    order = DEPTH_ACTIONS
     for step_mm in steps_mm:
         for _ in range(MAX_MOVES_PER_STEP):
             if cancel is not None and cancel():
                 break
-            moved = None
-            for sign in (direction, -direction):
-                delta = np.zeros(6)
-                delta[TZ] = sign * step_mm
-                candidate = pose.moved(delta)
-                if not within_search_range(candidate, init):
-                    continue
-                try:
-                    r = residual(candidate)
-                except MedAIInputError:  # the body would cross the source or the detector
-                    continue
-                trajectory.renders += 1
-                if float(r @ r) < cost:
-                    moved = sign, candidate, float(r @ r)
-                    break
+            moved = _first_lower(residual, trajectory, order, pose, init, step_mm, cost)
             if moved is None:
                 break
-            direction, candidate, cost = moved
-            trajectory.rows.append({"step": step_number, "action": ACTION_NAMES[4 if direction > 0 else 5],
-                                    "step_mm": step_mm, "step_deg": 0.0, "similarity": similarity,
-                                    "stage": "depth", "depth_similarity": 1.0 - cost / 2.0})
-            _, similarity = env.look(candidate)
-            pose, step_number = candidate, step_number + 1
+            action, pose, cost = moved
+            order = (action, *(a for a in DEPTH_ACTIONS if a != action))  # keep going the way that paid
+            trajectory.rows.append({"step": step_number, "action": ACTION_NAMES[action], "step_mm": step_mm,
+                                    "step_deg": 0.0, "similarity": similarity, "stage": "depth",
+                                    "depth_similarity": 1.0 - cost / 2.0})
+            _, similarity = env.look(pose)
+            step_number += 1
     trajectory.rows.append({**final, "step": step_number, "similarity": similarity})
     return pose
+
+
+def _first_lower(residual: _Residual, trajectory: Trajectory, order, pose: RigidPose, init: RigidPose, step_mm: float,
+                 cost: float):
+    """(action, pose, cost) of the first of ``order``'s moves whose fine-level cost is below ``cost``; None if none."""
+    for action in order:
+        candidate = pose.moved(action_delta(action, step_mm, 0.0))
+        if not within_search_range(candidate, init):
+            continue
+        try:
+            r = residual(candidate)
+        except MedAIInputError:  # the body would cross the source or the detector
+            continue
+        trajectory.renders += 1
+        candidate_cost = float(r @ r)
+        if candidate_cost < cost:
+            return action, candidate, candidate_cost
+    return None

@@ -125,6 +125,12 @@ class RegistrationResult:
                                for row in self.trajectory]}
 
 
+def refine_level(spec: dict, ct, fixed: FixedImage) -> RefineLevel:
+    """A :class:`RefineLevel` from one of :data:`REFINE_LEVELS` on ``ct`` (prepared at the spec's spacing) and
+    ``fixed`` (the frame on the spec's working grid)."""
+    return RefineLevel(ct, fixed, **{k: v for k, v in spec.items() if k not in ("ct_spacing_mm", "work_size")})
+
+
 def confidence_from(features: dict, model: dict | None = None) -> float:
     """Logistic estimate that the result is within 2 mm (coefficients calibrated by the benchmark)."""
     model = model or DEFAULT_CONFIDENCE
@@ -169,17 +175,19 @@ class Registrar:
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
         t_prep = time.perf_counter()
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
-        levels = self._refine_levels(frame)
         t_depth = time.perf_counter()
-        if (trajectory.checked and settings.check_depth and mode == "2d3d" and max_steps != 0
-                and trajectory.stop_reason != "cancelled"):
+        cancelled = trajectory.stop_reason == "cancelled"
+        depth_checked = (trajectory.checked and settings.check_depth and mode == "2d3d" and max_steps != 0
+                         and not cancelled)
+        levels = self._refine_levels(frame) if depth_checked or (refine_result and not cancelled) else []
+        if depth_checked:
             agent_pose = check_depth(levels[-1], env, agent_pose, init, [mm for mm, _ in settings.levels],
                                      trajectory, cancel)
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
         pose, similarity, refine_log, refined_from = agent_pose, agent_similarity, [], "agent"
         features = self._features(agent_similarity, agent_similarity, agent_pose, agent_pose, UNKNOWN_UNCERTAINTY_MM)
-        if refine_result and trajectory.stop_reason != "cancelled":
+        if refine_result and not cancelled:
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             features = self._outcome_features(kept, agent_similarity, agent_pose)
             if (self._confidence(features) < SECOND_START_CONFIDENCE
@@ -203,12 +211,8 @@ class Registrar:
 
     def _refine_levels(self, frame: Frame) -> list[RefineLevel]:
         """The refinement's levels (:data:`REFINE_LEVELS`) on this frame; the last one also checks the agent's depth."""
-        levels = []
-        for level in REFINE_LEVELS:
-            ct = self.cts[level["ct_spacing_mm"] or self.agent.settings.ct_spacing_mm]
-            options = {k: v for k, v in level.items() if k not in ("ct_spacing_mm", "work_size")}
-            levels.append(RefineLevel(ct, FixedImage.from_frame(frame, level["work_size"]), **options))
-        return levels
+        return [refine_level(spec, self.cts[spec["ct_spacing_mm"] or self.agent.settings.ct_spacing_mm],
+                             FixedImage.from_frame(frame, spec["work_size"])) for spec in REFINE_LEVELS]
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
