@@ -142,11 +142,7 @@ class _Residual:
         searched only when its first candidate lowers the cost at all, and taken only when the best one lowers it by
         :data:`FILTER_MIN_GAIN` over none), then blur again. One cost is one filtering, intensity fit and
         feature computation of the same render: about 3 ms at 128 px."""
-        matrix = pose.matrix(self.centre)
-        image = self._images.get(matrix.tobytes())
-        if image is None:
-            image = self._render(matrix)
-
+        image = self._image(pose.matrix(self.centre))
         costs = {}
 
         def cost(level: RefineLevel) -> float:
@@ -185,7 +181,12 @@ class _Residual:
         return min((replace(level, blur_px=float(b)) for b in level.blur_candidates), key=cost)
 
     def __call__(self, pose: RigidPose) -> torch.Tensor:
-        return self.target - self._moving_features(self._render(pose.matrix(self.centre)))
+        return self.target - self._moving_features(self._image(pose.matrix(self.centre)))
+
+    def _image(self, matrix: np.ndarray) -> torch.Tensor:
+        """The DRR at ``matrix``: rendered, or the one rendered there lately."""
+        image = self._images.get(matrix.tobytes())
+        return self._render(matrix) if image is None else image
 
     def _render(self, matrix: np.ndarray) -> torch.Tensor:
         moving = render_matrix(self.level.ct, self.level.fixed.carm, matrix)
@@ -203,9 +204,7 @@ class _Residual:
             return self(pose.moved(delta))
         carm = self.level.fixed.carm
         matrix = pose.matrix(self.centre)
-        moving = self._images.get(matrix.tobytes())
-        if moving is None:
-            moving = self._render(matrix)
+        moving = self._image(matrix)
         if self._pixels is None:
             rows, cols = np.mgrid[0:carm.height, 0:carm.width].astype(np.float64)
             self._pixels = np.stack([rows, cols, np.ones_like(rows)], axis=-1)
@@ -278,10 +277,11 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
 
     The Jacobian is taken by finite differences at every iteration, or, on a ``broyden`` level, once and then kept up
     to date by Broyden's rank-one updates from every image rendered (one render per iteration instead of seven:
-    for the fine level, which starts close); a level ends when no damped step improves the cost or a step moves
-    less than :data:`CONVERGED_STEP`. A Broyden level ends with one more step on a Jacobian taken afresh, which
-    also gives the covariance. A level with ``blur_candidates`` picks the frame's blur where it starts and again where
-    it ends; if the two differ it runs once more with the second."""
+    for the fine level, which starts close); a level's iterations end when no damped step improves the cost or a step
+    moves less than :data:`CONVERGED_STEP`. A Broyden level then takes one more step on a Jacobian taken afresh, which
+    also gives the covariance. A level with filter candidates picks the frame's filter where it starts and again where
+    its iterations end; if the two differ its iterations run once more with the second (from where they ended, the
+    renders there reused), before that last step."""
     dofs = [0, 1, 5] if mode == "2d2d" else list(range(6))
     log = []
     similarity = float("nan")
@@ -292,19 +292,20 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
         chooses = bool(level.blur_candidates or level.flatten_candidates or level.sharpen_candidates)
         if chooses:
             residual.choose_filter(pose)
-        pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
+        pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
         if chooses and not (cancel is not None and cancel()):
             # the filter chosen where the level started may not be the one that fits best where it ended
             started_with = (residual.level.blur_px, residual.level.flatten, residual.level.sharpen)
             if residual.choose_filter(pose) != started_with:
-                pose, r, cost, jac = _refine_level(residual, pose, dofs, index, last, log, cancel)
+                pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
+        pose, r, cost, jac = _finish_level(residual, pose, r, cost, jac, fresh, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
 
 
-def _refine_level(residual: _Residual, pose: RigidPose, dofs, index: int, last: bool, log: list, cancel=None):
-    """One level's Levenberg-Marquardt iterations from ``pose``; returns pose, residual vector, cost and the Jacobian
-    (rendered afresh at the final pose on a Broyden level or the last level)."""
+def _iterate_level(residual: _Residual, pose: RigidPose, dofs, index: int, log: list, cancel=None):
+    """One level's Levenberg-Marquardt iterations from ``pose``; returns pose, residual vector, cost, the Jacobian and
+    whether that Jacobian was rendered at the returned pose."""
     level, jac, fresh = residual.level, None, False
     r = residual(pose)
     cost = float(r @ r)
@@ -324,9 +325,16 @@ def _refine_level(residual: _Residual, pose: RigidPose, dofs, index: int, last: 
         fresh = False  # the pose moved: the Jacobian is no longer taken at it
         if np.abs(delta[:3]).max() < CONVERGED_STEP[0] and np.abs(delta[3:]).max() < CONVERGED_STEP[1]:
             break
+    return pose, r, cost, jac, fresh
+
+
+def _finish_level(residual: _Residual, pose: RigidPose, r, cost: float, jac, fresh: bool, dofs, index: int,
+                  last: bool, log: list, cancel=None):
+    """A Jacobian rendered afresh at the final pose on a Broyden level or the last level (for the covariance and,
+    after Broyden updates, one last step on it); returns pose, residual vector, cost and Jacobian."""
+    level = residual.level
     if not fresh and (level.broyden or last) and not (cancel is not None and cancel()):
-        # a fresh Jacobian for the covariance (and, after Broyden updates, one last step on it)
-        jac = _jacobian(residual, pose, r, dofs, steps)  # rendered: an exact Jacobian for the last step
+        jac = _jacobian(residual, pose, r, dofs, np.asarray(level.fd_step, dtype=np.float64))  # rendered: exact
         if level.broyden:
             pose, r, cost, _, _, _, _ = _damped_step(residual, pose, r, cost, jac, dofs, 1e-3, False)
             log.append({"level": index, "iteration": level.iterations, "similarity": 1.0 - cost / 2.0})
