@@ -54,6 +54,20 @@ def test_a_processed_frame_is_registered_when_the_drr_is_filtered_like_it(frames
     assert abs(filtered[2]) < 0.5 and np.abs(filtered[:2]).max() < 0.3 and np.abs(filtered[3:]).max() < 0.2, filtered
 
 
+def test_a_changed_filter_reruns_the_iterations_but_takes_the_exact_last_step_once(frames):
+    """Where the filter chosen at the level's end differs from the start's, the iterations go on with it from there;
+    the rendered-Jacobian last step (and the covariance) comes once, after the check, not before and after."""
+    ct, centre, fixed = frames
+    level = RefineLevel(ct, fixed["processed"], iterations=10, **FINE)
+    outcome = refine([level], RigidPose.from_pose(TRUTH).moved(np.r_[0.0, 0.0, 6.0, 0.0, 0.0, 0.0]), centre)
+    iterations = [row["iteration"] for row in outcome.log]
+    assert iterations.count(0) == 2, iterations  # the filter changed: a second run of iterations
+    assert iterations.count(level.iterations) == 1 and iterations[-1] == level.iterations, iterations
+    assert np.isfinite(outcome.covariance).all()
+    error = outcome.pose.error_to(RigidPose.from_pose(TRUTH))
+    assert abs(error[2]) < 0.5 and np.abs(error[3:]).max() < 0.2, error
+
+
 def test_the_processing_is_recognised_and_an_unprocessed_frame_gets_none(frames):
     ct, centre, fixed = frames
     near = RigidPose.from_pose(TRUTH).moved(np.r_[0.5, -0.5, 2.0, 0.2, -0.2, 0.2])
