@@ -30,8 +30,7 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     (``depth_similarity``); the final row's similarity is the views' at the returned pose."""
     residual = _Residual(level, env.centre_ras)
     residual.choose_filter(pose)
-    r = residual(pose)
-    cost = float(r @ r)
+    cost = residual.cost(pose)
     final = trajectory.rows.pop()
     step_number, similarity = final["step"], final["similarity"]
     order = DEPTH_ACTIONS
@@ -61,11 +60,10 @@ def _first_lower(residual: _Residual, trajectory: Trajectory, order, pose: Rigid
         if not within_search_range(candidate, init):
             continue
         try:
-            r = residual(candidate)
+            candidate_cost = residual.cost(candidate)
         except MedAIInputError:  # the body would cross the source or the detector
             continue
         trajectory.renders += 1
-        candidate_cost = float(r @ r)
         if candidate_cost < cost:
             return action, candidate, candidate_cost
     return None

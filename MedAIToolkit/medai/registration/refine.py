@@ -183,6 +183,11 @@ class _Residual:
     def __call__(self, pose: RigidPose) -> torch.Tensor:
         return self.target - self._moving_features(self._image(pose.matrix(self.centre)))
 
+    def cost(self, pose: RigidPose) -> float:
+        """The squared norm of the residual at ``pose``: 2 (1 - similarity)."""
+        r = self(pose)
+        return float(r @ r)
+
     def _image(self, matrix: np.ndarray) -> torch.Tensor:
         """The DRR at ``matrix``: rendered, or the one rendered there lately."""
         image = self._images.get(matrix.tobytes())
@@ -290,14 +295,11 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
         last = index == len(levels) - 1
         residual = _Residual(level, centre_ras)  # Jacobians do not carry across levels; renders within one do
         chooses = bool(level.blur_candidates or level.flatten_candidates or level.sharpen_candidates)
-        if chooses:
-            residual.choose_filter(pose)
+        started_with = residual.choose_filter(pose) if chooses else None
         pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
-        if chooses and not (cancel is not None and cancel()):
-            # the filter chosen where the level started may not be the one that fits best where it ended
-            started_with = (residual.level.blur_px, residual.level.flatten, residual.level.sharpen)
-            if residual.choose_filter(pose) != started_with:
-                pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
+        # the filter chosen where the level started may not be the one that fits best where its iterations ended
+        if chooses and not (cancel is not None and cancel()) and residual.choose_filter(pose) != started_with:
+            pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
         pose, r, cost, jac = _finish_level(residual, pose, r, cost, jac, fresh, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
