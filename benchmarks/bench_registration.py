@@ -19,6 +19,7 @@ refinement alone from the initial pose (what the agent adds), the baselines. Per
 < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
 and peak memory (each method in its own process).
 ``--calibrate`` first fits the confidence model on separate cases (seed 777) and writes it into the agent card.
+Beside the confidence's ROC AUC it prints the AUC that randomness alone would leave it (:func:`confidence_auc_ceiling`).
 """
 from __future__ import annotations
 
@@ -186,6 +187,35 @@ def roc_auc(scores, labels) -> float | None:
     return float((np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])) / (len(pos) * len(neg)))
 
 
+def confidence_auc_ceiling(log_uncertainty_mm, mtre_mm, draws: int = 2000, seed: int = 0) -> dict | None:
+    """The ROC AUC (within 2 mm vs not) that a confidence ranking the results by their predicted uncertainty can be
+    expected to reach if each result's error were as random as that uncertainty says: the error of result i drawn as
+    |N(0, (k u_i)^2)| (a single-axis error: the misses are along the beam), with k set so that the expected share of
+    misses equals the observed one, over ``draws`` simulated sets of the same uncertainties. A confidence that knows
+    each result's error spread but not the error itself cannot rank better than by that spread, so this is its
+    ceiling: the randomness of the errors caps it, not the model. Returns median and 5-95% range; None without misses."""
+    from scipy.special import erf
+
+    u = np.exp(np.asarray(log_uncertainty_mm, float))
+    observed = float(np.mean(np.asarray(mtre_mm, float) >= 2))
+    if not 0 < observed < 1 or not np.all(np.isfinite(u)):
+        return None
+
+    def miss_probability(k):
+        return 1.0 - erf(2.0 / (k * u * np.sqrt(2.0)))
+
+    low, high = 1e-3, 1e3
+    for _ in range(100):  # the expected miss rate grows with k
+        k = np.sqrt(low * high)
+        low, high = (k, high) if miss_probability(k).mean() < observed else (low, k)
+    p_miss = miss_probability(k)
+    rng = np.random.default_rng(seed)
+    aucs = [roc_auc(-u, rng.uniform(size=len(u)) >= p_miss) for _ in range(draws)]
+    aucs = np.array([a for a in aucs if a is not None])
+    return {"scale": float(k), "median": float(np.median(aucs)), "p5": float(np.quantile(aucs, 0.05)),
+            "p95": float(np.quantile(aucs, 0.95))}
+
+
 def fit_confidence(rows) -> dict:
     """Logistic regression of (mtre < 2 mm) on the result's predicted uncertainty (scipy, L2-regularised)."""
     from scipy.optimize import minimize
@@ -237,6 +267,8 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
     results[f"{label}: agent + refinement"]["similarity_auc"] = roc_auc([r["similarity"] for r in rows], within)
     results[f"{label}: agent + refinement"]["confidence_auc_10mm"] = roc_auc([r["confidence"] for r in rows],
                                                                              [r["mtre"] < 10 for r in rows])
+    results[f"{label}: agent + refinement"]["confidence_auc_ceiling"] = confidence_auc_ceiling(
+        [r["log_uncertainty_mm"] for r in rows], [r["mtre"] for r in rows])
     results[f"{label}: agent + refinement"]["prepare_seconds"] = out["prepare_seconds"]
     results[f"{label}: agent + refinement"]["median_steps"] = float(np.median([r["steps"] for r in rows]))
     results[f"{label}: agent + refinement"]["median_renders"] = float(np.median([r.get("renders", 0) for r in rows]))
@@ -316,6 +348,11 @@ def main(argv=None) -> int:
                   f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered "
                   f"{r.get('median_renders', float('nan')):.0f}")
+            ceiling = r.get("confidence_auc_ceiling")
+            if ceiling:
+                print(f"{name}: confidence ROC AUC ceiling if each error were as random as its predicted uncertainty "
+                      f"(scaled x{ceiling['scale']:.2f} to the observed misses): {ceiling['median']:.3f} "
+                      f"(5-95% of simulated sets {ceiling['p5']:.3f}-{ceiling['p95']:.3f})")
     chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
     if "classical NCC + Powell" in chest:
         ours = chest["agent + refinement (baseline subset)"]
