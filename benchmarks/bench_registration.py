@@ -194,20 +194,18 @@ def confidence_auc_ceiling(log_uncertainty_mm, mtre_mm, draws: int = 2000, seed:
     misses equals the observed one, over ``draws`` simulated sets of the same uncertainties. A confidence that knows
     each result's error spread but not the error itself cannot rank better than by that spread, so this is its
     ceiling: the randomness of the errors caps it, not the model. Returns median and 5-95% range; None without misses."""
-    from scipy.special import erf
+    from scipy.optimize import brentq
+    from scipy.stats import norm
 
     u = np.exp(np.asarray(log_uncertainty_mm, float))
     observed = float(np.mean(np.asarray(mtre_mm, float) >= 2))
-    if not 0 < observed < 1 or not np.all(np.isfinite(u)):
+    if not 0 < observed < 1:
         return None
 
-    def miss_probability(k):
-        return 1.0 - erf(2.0 / (k * u * np.sqrt(2.0)))
+    def miss_probability(k):  # P(|N(0, (k u)^2)| >= 2 mm) per result
+        return 2.0 * norm.sf(2.0 / (k * u))
 
-    low, high = 1e-3, 1e3
-    for _ in range(100):  # the expected miss rate grows with k
-        k = np.sqrt(low * high)
-        low, high = (k, high) if miss_probability(k).mean() < observed else (low, k)
+    k = brentq(lambda k: miss_probability(k).mean() - observed, 1e-3, 1e3)
     p_miss = miss_probability(k)
     rng = np.random.default_rng(seed)
     aucs = [roc_auc(-u, rng.uniform(size=len(u)) >= p_miss) for _ in range(draws)]
@@ -263,15 +261,13 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
     results[f"{label}: refinement alone (from the initial pose)"] = {**summarise(alone["rows"]),
                                                                     "peak_rss_mb": alone["peak_rss_mb"]}
     within = [r["mtre"] < 2 for r in rows]
-    results[f"{label}: agent + refinement"]["confidence_auc"] = roc_auc([r["confidence"] for r in rows], within)
-    results[f"{label}: agent + refinement"]["similarity_auc"] = roc_auc([r["similarity"] for r in rows], within)
-    results[f"{label}: agent + refinement"]["confidence_auc_10mm"] = roc_auc([r["confidence"] for r in rows],
-                                                                             [r["mtre"] < 10 for r in rows])
-    results[f"{label}: agent + refinement"]["confidence_auc_ceiling"] = confidence_auc_ceiling(
-        [r["log_uncertainty_mm"] for r in rows], [r["mtre"] for r in rows])
-    results[f"{label}: agent + refinement"]["prepare_seconds"] = out["prepare_seconds"]
-    results[f"{label}: agent + refinement"]["median_steps"] = float(np.median([r["steps"] for r in rows]))
-    results[f"{label}: agent + refinement"]["median_renders"] = float(np.median([r.get("renders", 0) for r in rows]))
+    confidences = [r["confidence"] for r in rows]
+    results[f"{label}: agent + refinement"].update(
+        confidence_auc=roc_auc(confidences, within), similarity_auc=roc_auc([r["similarity"] for r in rows], within),
+        confidence_auc_10mm=roc_auc(confidences, [r["mtre"] < 10 for r in rows]),
+        confidence_auc_ceiling=confidence_auc_ceiling([r["log_uncertainty_mm"] for r in rows], [r["mtre"] for r in rows]),
+        prepare_seconds=out["prepare_seconds"], median_steps=float(np.median([r["steps"] for r in rows])),
+        median_renders=float(np.median([r.get("renders", 0) for r in rows])))
     if baselines_n:
         subset = cases[:baselines_n]
         agent_subset = summarise(rows[:baselines_n])
