@@ -46,3 +46,34 @@ def test_noisy_frame_is_less_certain_than_a_clean_one():
         spreads.append(uncertainty_mm(outcome.covariance, body @ outcome.pose.rotation.T))
     print(f"uncertainty clean {spreads[0]:.3f} mm, noisy {spreads[1]:.3f} mm")
     assert 0 < spreads[0] < spreads[1] / 2
+
+
+def test_model_shift_reads_a_displaced_ct_as_the_opposite_pose_change():
+    """The confidence's model check (refine.model_shift): rendering the last level's DRR from another CT moves the
+    optimum by what that CT changes. The same CT: no move; the CT displaced by d (RAS): the optimum moves the body
+    back, a translation of -R d in C-arm axes (R: RAS -> C-arm), and no rotation."""
+    from dataclasses import replace
+
+    from medai.registration.refine import model_shift
+
+    ct = read_volume(str(sample_path("ct_abdomen")))
+    prepared = prepare_ct(ct)
+    centre = ct.geometry.centre_ras(ct.array.shape)
+    carm = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
+    truth = Pose.from_array((4.0, -3.0, 2.0, 1.0, -1.0, -10.0))
+    with torch.inference_mode():
+        frame = render(prepared, carm, truth)[0].numpy()
+    fixed = FixedImage.build(frame.astype(np.float32), np.ones(frame.shape, bool), carm)
+    start = RigidPose.from_pose(truth).moved(np.r_[1.0, -1.0, 2.0, 0.5, 0.5, -0.5])
+    outcome = refine([RefineLevel(prepared, fixed, 1.0, True, 10)], start, centre)
+    assert np.abs(model_shift(outcome, prepared, centre)).max() < 0.05
+
+    d_ras = np.array([1.5, -1.0, 1.0])
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    moved = prepare_ct(replace(ct, geometry=replace(ct.geometry, origin_lps=ct.geometry.origin_lps + lps_to_ras @ d_ras)))
+    shift = model_shift(outcome, moved, centre)
+    expected = -outcome.pose.rotation @ d_ras
+    print("shift", shift.round(3), "expected translation", expected.round(3))
+    assert np.all(np.abs(shift[:2] - expected[:2]) < 0.15)  # in the detector plane
+    assert abs(shift[2] - expected[2]) < 0.4  # along the beam (read from magnification alone), one linearised step
+    assert np.abs(shift[3:]).max() < 0.1

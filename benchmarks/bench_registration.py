@@ -32,6 +32,7 @@ import sys
 import time
 
 import numpy as np
+from medai.registration.pipeline import CONFIDENCE_FEATURE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_SEED, CALIBRATION_SEED = 20261124, 777
@@ -136,7 +137,9 @@ def _work(method, ct_name, cases, agent_path, queue):
                 print(f"case failed: {exc}", file=sys.stderr)
                 rows.append({**row, "agent_mtre": np.inf, "mtre": np.inf, "agent_seconds": np.nan, "seconds": np.nan,
                              "steps": 0, "confidence": 0.0, "similarity": 0.0, "agent_similarity": 0.0,
-                             "refine_shift_mm": 0.0, "log_uncertainty_mm": float(np.log(UNKNOWN_UNCERTAINTY_MM))})
+                             "refine_shift_mm": 0.0, "log_uncertainty_mm": float(np.log(UNKNOWN_UNCERTAINTY_MM)),
+                             "resolution_shift_mm": UNKNOWN_UNCERTAINTY_MM,
+                             "log_total_uncertainty_mm": float(np.log(UNKNOWN_UNCERTAINTY_MM))})
                 continue
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
@@ -218,9 +221,7 @@ def fit_confidence(rows) -> dict:
     """Logistic regression of (mtre < 2 mm) on the result's predicted uncertainty (scipy, L2-regularised)."""
     from scipy.optimize import minimize
 
-    # The refinement's predicted uncertainty alone: similarity levels differ between CTs, so a model that also uses
-    # them transfers badly to a CT it was not calibrated on (cross-CT AUC 0.43-0.51 vs 0.90 alone, dev seed 4242).
-    names = ["log_uncertainty_mm"]
+    names = [CONFIDENCE_FEATURE]
     rows = [r for r in rows if np.isfinite(r["mtre"])]
     x = np.array([[r[n] for n in names] for r in rows])
     y = np.array([r["mtre"] < 2 for r in rows], float)
@@ -265,7 +266,7 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label) -> dict:
     results[f"{label}: agent + refinement"].update(
         confidence_auc=roc_auc(confidences, within), similarity_auc=roc_auc([r["similarity"] for r in rows], within),
         confidence_auc_10mm=roc_auc(confidences, [r["mtre"] < 10 for r in rows]),
-        confidence_auc_ceiling=confidence_auc_ceiling([r["log_uncertainty_mm"] for r in rows], [r["mtre"] for r in rows]),
+        confidence_auc_ceiling=confidence_auc_ceiling([r[CONFIDENCE_FEATURE] for r in rows], [r["mtre"] for r in rows]),
         prepare_seconds=out["prepare_seconds"], median_steps=float(np.median([r["steps"] for r in rows])),
         median_renders=float(np.median([r.get("renders", 0) for r in rows])))
     if baselines_n:

@@ -35,6 +35,9 @@ class RefineOutcome:
     similarity: float  # in [-1, 1] at the last level
     log: list  # per iteration: level, iteration, similarity
     covariance: np.ndarray  # (6, 6) cluster-robust, mm and deg, C-arm frame; inf on the diagonal without a Jacobian
+    level: RefineLevel | None = None  # the last level, with the frame filter it ended with
+    jacobian: np.ndarray | None = None  # the last level's final Jacobian (residual elements x refined parameters)
+    dofs: tuple = ()  # the refined parameters (columns of ``jacobian``)
 
 
 @dataclass
@@ -302,7 +305,8 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
             pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
         pose, r, cost, jac = _finish_level(residual, pose, r, cost, jac, fresh, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
-    return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs))
+    return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs),
+                         residual.level if residual else None, None if jac is None else jac.numpy(), tuple(dofs))
 
 
 def _iterate_level(residual: _Residual, pose: RigidPose, dofs, index: int, log: list, cancel=None):
@@ -353,6 +357,25 @@ def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLeve
     return replace(residual.level, blur_candidates=(), flatten_candidates=(), sharpen_candidates=())
 
 
+def model_shift(outcome: RefineOutcome, ct: PreparedCT, centre_ras) -> np.ndarray:
+    """How far (6,: mm, deg) the last level's optimum moves when its DRR is rendered from ``ct`` (the same CT, finer)
+    instead: one Gauss-Newton step on the outcome's final Jacobian, one render. The covariance only sees the frame's
+    noise; a minimum that the CT's own sampling puts in the wrong place can be sharp, and this sees it (the
+    confidence's ``resolution_shift_mm``, see pipeline.MODEL_CHECK_SPACING_MM)."""
+    shift = np.full(6, np.inf)
+    if outcome.level is None or outcome.jacobian is None:
+        return shift
+    fine = replace(outcome.level, ct=ct, blur_candidates=(), flatten_candidates=(), sharpen_candidates=())
+    r = _Residual(fine, centre_ras)(outcome.pose).numpy()
+    jac = outcome.jacobian
+    try:
+        shift[list(outcome.dofs)] = -np.linalg.solve(jac.T @ jac, jac.T @ r)
+    except np.linalg.LinAlgError:
+        return shift
+    shift[[d for d in range(6) if d not in outcome.dofs]] = 0.0
+    return shift
+
+
 def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
     """Cluster-robust covariance of the pose (mm, deg): ``(J^T J)^-1 (sum_b J_b^T r_b r_b^T J_b) (J^T J)^-1`` over
     pixel blocks ``b``. (The Gauss-Newton ``s^2 (J^T J)^-1`` assumes independent pixels: on dev frames it
@@ -373,7 +396,8 @@ def _covariance(jac, r, blocks: np.ndarray, dofs) -> np.ndarray:
 
 def uncertainty_mm(covariance: np.ndarray, points_carm: np.ndarray) -> float:
     """Root-mean-square displacement (mm) of ``points_carm`` (N, 3; relative to the CT centre, C-arm axes) that the
-    pose covariance predicts: ``sqrt(mean tr(A C A^T))`` with ``A = [I, -[q]x]`` (rotation in radians)."""
+    pose covariance predicts: ``sqrt(mean tr(A C A^T))`` with ``A = [I, -[q]x]`` (rotation in radians). For the outer
+    product of a pose change with itself, the RMS displacement that change causes."""
     if not np.all(np.isfinite(np.diag(covariance))):
         return float("inf")
     scale = np.r_[np.ones(3), np.full(3, np.pi / 180)]
