@@ -27,14 +27,19 @@ def test_rotation_about_the_beam_moves_a_ring_by_radius_times_angle():
     assert uncertainty_mm(np.diag(np.full(6, np.inf)), ring) == float("inf")  # no Jacobian: unknown
 
 
-def test_noisy_frame_is_less_certain_than_a_clean_one():
+def _sample_ct_and_frame():
+    """The sample abdominal CT (volume, prepared, centre), a C-arm, a pose and the clean DRR there."""
     ct = read_volume(str(sample_path("ct_abdomen")))
     prepared = prepare_ct(ct)
-    centre = ct.geometry.centre_ras(ct.array.shape)
     carm = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
     truth = Pose.from_array((4.0, -3.0, 2.0, 1.0, -1.0, -10.0))
     with torch.inference_mode():
-        clean = render(prepared, carm, truth)[0].numpy()
+        image = render(prepared, carm, truth)[0].numpy()
+    return ct, prepared, ct.geometry.centre_ras(ct.array.shape), carm, truth, image
+
+
+def test_noisy_frame_is_less_certain_than_a_clean_one():
+    _, prepared, centre, carm, truth, clean = _sample_ct_and_frame()
     noisy = clean + np.random.default_rng(1).normal(0, 0.15 * clean.std(), clean.shape)
     start = RigidPose.from_pose(truth).moved(np.r_[2.0, -2.0, 3.0, 1.0, 0.5, -1.0])
     body = (prepared.geometry.index_to_ras(prepared.tissue_ijk) - centre)
@@ -56,13 +61,7 @@ def test_model_shift_reads_a_displaced_ct_as_the_opposite_pose_change():
 
     from medai.registration.refine import model_shift
 
-    ct = read_volume(str(sample_path("ct_abdomen")))
-    prepared = prepare_ct(ct)
-    centre = ct.geometry.centre_ras(ct.array.shape)
-    carm = CArmGeometry(1020.0, 750.0, 128, 128, 3.0, 3.0)
-    truth = Pose.from_array((4.0, -3.0, 2.0, 1.0, -1.0, -10.0))
-    with torch.inference_mode():
-        frame = render(prepared, carm, truth)[0].numpy()
+    ct, prepared, centre, carm, truth, frame = _sample_ct_and_frame()
     fixed = FixedImage.build(frame.astype(np.float32), np.ones(frame.shape, bool), carm)
     start = RigidPose.from_pose(truth).moved(np.r_[1.0, -1.0, 2.0, 0.5, 0.5, -0.5])
     outcome = refine([RefineLevel(prepared, fixed, 1.0, True, 10)], start, centre)
