@@ -257,8 +257,8 @@ class Registrar:
         uncertainty = uncertainty_mm(outcome.covariance, points)
         resolution_shift = 0.0
         if model_check:
-            shift = model_shift(outcome, self.model_check_ct, self.centre_ras)
-            resolution_shift = uncertainty_mm(np.outer(shift, shift), points) if np.all(np.isfinite(shift)) else np.inf
+            shift = model_shift(outcome, self.model_check_ct, self.centre_ras)  # inf where unknown
+            resolution_shift = uncertainty_mm(np.outer(shift, shift), points)
         return self._features(outcome.similarity, agent_similarity, outcome.pose, agent_pose, uncertainty,
                               resolution_shift)
 

@@ -354,7 +354,12 @@ def estimate_blur(level: RefineLevel, pose: RigidPose, centre_ras) -> RefineLeve
     gradients peak elsewhere, which the fit would otherwise answer with a depth error."""
     residual = _Residual(level, centre_ras)
     residual.choose_filter(pose)
-    return replace(residual.level, blur_candidates=(), flatten_candidates=(), sharpen_candidates=())
+    return _with_fixed_filter(residual.level)
+
+
+def _with_fixed_filter(level: RefineLevel, **changes) -> RefineLevel:
+    """``level`` (with ``changes``) keeping the frame filter it has: no candidates left to choose among."""
+    return replace(level, blur_candidates=(), flatten_candidates=(), sharpen_candidates=(), **changes)
 
 
 def model_shift(outcome: RefineOutcome, ct: PreparedCT, centre_ras) -> np.ndarray:
@@ -362,17 +367,16 @@ def model_shift(outcome: RefineOutcome, ct: PreparedCT, centre_ras) -> np.ndarra
     instead: one Gauss-Newton step on the outcome's final Jacobian, one render. The covariance only sees the frame's
     noise; a minimum that the CT's own sampling puts in the wrong place can be sharp, and this sees it (the
     confidence's ``resolution_shift_mm``, see pipeline.MODEL_CHECK_SPACING_MM)."""
-    shift = np.full(6, np.inf)
+    unknown = np.full(6, np.inf)
     if outcome.level is None or outcome.jacobian is None:
-        return shift
-    fine = replace(outcome.level, ct=ct, blur_candidates=(), flatten_candidates=(), sharpen_candidates=())
-    r = _Residual(fine, centre_ras)(outcome.pose).numpy()
+        return unknown
+    r = _Residual(_with_fixed_filter(outcome.level, ct=ct), centre_ras)(outcome.pose).numpy()
     jac = outcome.jacobian
+    shift = np.zeros(6)  # parameters not refined do not move
     try:
         shift[list(outcome.dofs)] = -np.linalg.solve(jac.T @ jac, jac.T @ r)
     except np.linalg.LinAlgError:
-        return shift
-    shift[[d for d in range(6) if d not in outcome.dofs]] = 0.0
+        return unknown
     return shift
 
 
