@@ -8,6 +8,9 @@
 - ``gradient(..., march="diffdrr")``: the same optimiser, rays and similarity, but each DRR rendered by DiffDRR's own
   differentiable ``Trilinear`` renderer (diffdrr 0.6.1, benchmark dependency only) with one sample per voxel along
   the volume's longest axis: DiffDRR's registration as its users run it, on exactly our rays.
+
+:func:`run_baseline` runs each at a multiple of its default budget (``bench_registration.py --baseline-budgets``), so
+that the speed-up can be read at equal success where a baseline reaches it.
 """
 from __future__ import annotations
 
@@ -112,8 +115,9 @@ def diffdrr_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre
 
 
 def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40, 25), lr=(1.0, 0.3),
-             march: str = "medai") -> RigidPose:
-    """Adam on -NCC of the differentiable DRR; ``march``: "medai" (MedAI's renderer) or "diffdrr" (DiffDRR's)."""
+             march: str = "medai", decay: bool = False) -> RigidPose:
+    """Adam on -NCC of the differentiable DRR; ``march``: "medai" (MedAI's renderer) or "diffdrr" (DiffDRR's);
+    ``decay``: the rate cosine-annealed to 0 over each level's iterations."""
     drr = {"medai": differentiable_drr, "diffdrr": diffdrr_drr}[march]
     pose = init
     for level, n_iter, rate in zip(levels, iterations, lr):
@@ -121,6 +125,7 @@ def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40,
         fixed = (fixed - fixed.mean()) / fixed.std()
         delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
         optimiser = torch.optim.Adam([delta], lr=rate)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, n_iter) if decay else None
         for _ in range(n_iter):
             moving = _smooth(drr(level, pose, delta, centre), level.sigma_px)[level.fixed.mask].double()
             moving = (moving - moving.mean()) / moving.std()
@@ -128,8 +133,22 @@ def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40,
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if schedule:
+                schedule.step()
         pose = pose.moved(delta.detach().numpy())
     return pose
+
+
+def run_baseline(name: str, budget: float, levels: list[RefineLevel], init: RigidPose, centre) -> RigidPose:
+    """Baseline ``name`` ("powell", "gradient", "gradient-diffdrr") at ``budget`` times its default budget: Powell's
+    evaluations per level, or Adam's iterations per level (then cosine-annealed, so that the extra iterations can
+    settle instead of circling the optimum at the fixed rate)."""
+    if name == "powell":
+        return powell(levels, init, centre, max_evals=round(300 * budget))
+    if name not in ("gradient", "gradient-diffdrr"):
+        raise ValueError(f"unknown baseline {name}")
+    return gradient(levels, init, centre, iterations=tuple(round(n * budget) for n in (40, 25)),
+                    march="diffdrr" if name == "gradient-diffdrr" else "medai", decay=budget != 1)
 
 
 def levels_for(registrar, frame) -> list[RefineLevel]:
