@@ -27,7 +27,13 @@ from medai.registration.refine import RefineLevel, _Residual
 from medai.registration.smoothing import gaussian_smooth as _smooth
 
 
-def powell(levels: list[RefineLevel], init: RigidPose, centre, max_evals: int = 300) -> RigidPose:
+POWELL_EVALUATIONS = 300
+"""Powell's default budget: cost evaluations per level."""
+GRADIENT_ITERATIONS = (40, 25)
+"""Adam's default budget: iterations per level."""
+
+
+def powell(levels: list[RefineLevel], init: RigidPose, centre, max_evals: int = POWELL_EVALUATIONS) -> RigidPose:
     pose = init
     scale = np.array([1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
     for level in levels:
@@ -114,7 +120,7 @@ def diffdrr_drr(level: RefineLevel, pose: RigidPose, delta: torch.Tensor, centre
     return image.reshape(carm.height, carm.width)
 
 
-def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=(40, 25), lr=(1.0, 0.3),
+def gradient(levels: list[RefineLevel], init: RigidPose, centre, iterations=GRADIENT_ITERATIONS, lr=(1.0, 0.3),
              march: str = "medai", decay: bool = False) -> RigidPose:
     """Adam on -NCC of the differentiable DRR; ``march``: "medai" (MedAI's renderer) or "diffdrr" (DiffDRR's);
     ``decay``: the rate cosine-annealed to 0 over each level's iterations."""
@@ -144,10 +150,10 @@ def run_baseline(name: str, budget: float, levels: list[RefineLevel], init: Rigi
     evaluations per level, or Adam's iterations per level (then cosine-annealed, so that the extra iterations can
     settle instead of circling the optimum at the fixed rate)."""
     if name == "powell":
-        return powell(levels, init, centre, max_evals=round(300 * budget))
+        return powell(levels, init, centre, max_evals=round(POWELL_EVALUATIONS * budget))
     if name not in ("gradient", "gradient-diffdrr"):
         raise ValueError(f"unknown baseline {name}")
-    return gradient(levels, init, centre, iterations=tuple(round(n * budget) for n in (40, 25)),
+    return gradient(levels, init, centre, iterations=tuple(round(n * budget) for n in GRADIENT_ITERATIONS),
                     march="diffdrr" if name == "gradient-diffdrr" else "medai", decay=budget != 1)
 
 
