@@ -6,20 +6,31 @@ mostly off along the beam. After the agent stops, this stage takes its +/- tz mo
 fine), each one kept only when it lowers the cost of the refinement's fine level at the new pose: the 128-px working
 grid, the DRR blurred and processed like the frame and mapped to its intensities, gradient correlation
 (:class:`~medai.registration.refine.RefineLevel`). That frame model is what reads depth (magnification) without the
-bias a display curve gives the plain NCC. Only tz moves: the other five parameters are the agent's, and the
-refinement (reported separately) is what moves all six together.
+bias a display curve gives the plain NCC.
+
+A move along the beam is a depth move that keeps the projection in place: +/- 1 mm of tz carries the other five
+parameters' least-squares coupling to it (:func:`depth_direction`, from the fine level's Jacobian at the agent's
+result; typically < 0.1 mm and 0.03 deg per mm). The agent's other parameters were fitted at its wrong depth, so
+the cost along tz alone has its minimum where the agent stopped (a diagonal valley: on 100 unseen-CT development
+frames, seed 9191, its minimum within +/- 30 mm lay at the agent's depth in every agent miss), while along the coupled
+direction it lies near the truth. The refinement (reported separately) is what moves all six freely.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..errors import MedAIInputError
 from .agent import Trajectory, within_search_range
 from .environment import Environment
 from .poses import ACTION_NAMES, RigidPose, action_delta
-from .refine import RefineLevel, _Residual
+from .refine import RefineLevel, _jacobian, _Residual
 
 DEPTH_ACTIONS = (ACTION_NAMES.index("+tz"), ACTION_NAMES.index("-tz"))
 MAX_MOVES_PER_STEP = 12
 """At most this many moves at one step size (the search range already bounds the walk)."""
+MAX_COUPLING = 0.5
+"""Bound on each other parameter's change per mm of depth (mm or deg): a move stays a depth move."""
+OTHER_DOFS = (0, 1, 3, 4, 5)
 
 
 def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: RigidPose, steps_mm, trajectory: Trajectory,
@@ -31,6 +42,7 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     residual = _Residual(level, env.centre_ras)
     residual.choose_filter(pose)
     cost = residual.cost(pose)
+    direction = depth_direction(residual, pose)
     final = trajectory.rows.pop()
     step_number, similarity = final["step"], final["similarity"]
     order = DEPTH_ACTIONS
@@ -38,7 +50,7 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
         for _ in range(MAX_MOVES_PER_STEP):
             if cancel is not None and cancel():
                 break
-            moved = _first_lower(residual, trajectory, order, pose, init, step_mm, cost)
+            moved = _first_lower(residual, trajectory, order, pose, init, step_mm, cost, direction)
             if moved is None:
                 break
             action, pose, cost = moved
@@ -52,11 +64,27 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     return pose
 
 
+def depth_direction(residual: _Residual, pose: RigidPose) -> np.ndarray:
+    """(6,) a move of +1 mm along the beam (tz) with the change of the other five parameters that best keeps the fine
+    level's residual as it is (least squares on its Jacobian at ``pose``: warped columns for the in-plane parameters,
+    two renders for the tilts), each bounded by :data:`MAX_COUPLING`; pure tz if that Jacobian is degenerate."""
+    direction = np.zeros(6)
+    direction[2] = 1.0
+    level = residual.level
+    jac = _jacobian(residual, pose, residual(pose), range(6), np.asarray(level.fd_step, dtype=np.float64),
+                    level.warp_dofs).numpy()
+    coupling = -np.linalg.lstsq(jac[:, OTHER_DOFS], jac[:, 2], rcond=None)[0]
+    if np.all(np.isfinite(coupling)):
+        direction[list(OTHER_DOFS)] = np.clip(coupling, -MAX_COUPLING, MAX_COUPLING)
+    return direction
+
+
 def _first_lower(residual: _Residual, trajectory: Trajectory, order, pose: RigidPose, init: RigidPose, step_mm: float,
-                 cost: float):
-    """(action, pose, cost) of the first of ``order``'s moves whose fine-level cost is below ``cost``; None if none."""
+                 cost: float, direction: np.ndarray):
+    """(action, pose, cost) of the first of ``order``'s moves (+/- ``step_mm`` along ``direction``) whose fine-level
+    cost is below ``cost``; None if none."""
     for action in order:
-        candidate = pose.moved(action_delta(action, step_mm, 0.0))
+        candidate = pose.moved(action_delta(action, step_mm, 0.0)[2] * direction)
         if not within_search_range(candidate, init):
             continue
         try:
