@@ -1,5 +1,5 @@
-"""The depth stage of checked inference (medai.registration.depth): after the agent, its +/- tz moves checked with
-the refinement's fine frame model find the depth that the agent's own view match cannot. Real renders of the sample
+"""The depth stage of checked inference (medai.registration.depth): after the agent, its +/- tz moves (the other parameters
+following to keep the projection in place) checked with the refinement's fine frame model find the depth that the agent's own view match cannot. Real renders of the sample
 CT, a frame through a blur and a display curve, as a fluoroscopy display makes it."""
 import numpy as np
 import pytest

@@ -12,8 +12,9 @@ A move along the beam is a depth move that keeps the projection in place: +/- 1 
 parameters' least-squares coupling to it (:func:`depth_direction`, from the fine level's Jacobian at the agent's
 result; typically < 0.1 mm and 0.03 deg per mm). The agent's other parameters were fitted at its wrong depth, so
 the cost along tz alone has its minimum where the agent stopped (a diagonal valley: on 100 unseen-CT development
-frames, seed 9191, its minimum within +/- 30 mm lay at the agent's depth in every agent miss), while along the coupled
-direction it lies near the truth. The refinement (reported separately) is what moves all six freely.
+frames, seed 9191, its minimum within +/- 30 mm lay at the agent's depth in 9 of its 11 misses, 10-25 mm deep),
+while along the coupled direction it lies near the truth (agent alone < 10 mm 0.89 -> 0.95 on those frames). The
+refinement (reported separately) is what moves all six freely.
 """
 from __future__ import annotations
 
