@@ -31,7 +31,7 @@ MAX_MOVES_PER_STEP = 12
 """At most this many moves at one step size (the search range already bounds the walk)."""
 MAX_COUPLING = 0.5
 """Bound on each other parameter's change per mm of depth (mm or deg): a move stays a depth move."""
-OTHER_DOFS = (0, 1, 3, 4, 5)
+OTHER_DOFS = (0, 1, 3, 4, 5)  # tx, ty, rx, ry, rz: the parameters that follow a depth move
 
 
 def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: RigidPose, steps_mm, trajectory: Trajectory,
@@ -68,12 +68,16 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
 def depth_direction(residual: _Residual, pose: RigidPose) -> np.ndarray:
     """(6,) a move of +1 mm along the beam (tz) with the change of the other five parameters that best keeps the fine
     level's residual as it is (least squares on its Jacobian at ``pose``: warped columns for the in-plane parameters,
-    two renders for the tilts), each bounded by :data:`MAX_COUPLING`; pure tz if that Jacobian is degenerate."""
+    two renders for the tilts), each bounded by :data:`MAX_COUPLING`; pure tz if that Jacobian is degenerate or cannot
+    be rendered (a tilt that puts the body across the source or the detector)."""
     direction = np.zeros(6)
     direction[2] = 1.0
     level = residual.level
-    jac = _jacobian(residual, pose, residual(pose), range(6), np.asarray(level.fd_step, dtype=np.float64),
-                    level.warp_dofs).numpy()
+    try:
+        jac = _jacobian(residual, pose, residual(pose), range(6), np.asarray(level.fd_step, dtype=np.float64),
+                        level.warp_dofs).numpy()
+    except MedAIInputError:
+        return direction
     coupling = -np.linalg.lstsq(jac[:, OTHER_DOFS], jac[:, 2], rcond=None)[0]
     if np.all(np.isfinite(coupling)):
         direction[list(OTHER_DOFS)] = np.clip(coupling, -MAX_COUPLING, MAX_COUPLING)
