@@ -82,7 +82,7 @@ def test_depth_moves_that_keep_the_projection_in_place_go_further_than_tz_alone(
         return abs(pose.error_to(truth)[2])
 
     coupled = depth_error()
-    monkeypatch.setattr(depth, "depth_direction", lambda residual, pose: np.eye(6)[2])
+    monkeypatch.setattr(depth, "depth_direction", lambda residual, pose, r: np.eye(6)[2])
     tz_alone = depth_error()
     print(f"|tz| after coupled depth moves {coupled:.2f} mm, after tz alone {tz_alone:.2f} mm")
     assert coupled < tz_alone - 1.0
@@ -92,14 +92,14 @@ def test_a_coupling_that_cannot_be_rendered_falls_back_to_depth_alone(setting, m
     ct, centre, fixed = setting
     residual = depth._Residual(_fine_level(ct, fixed), centre)
     pose = RigidPose.from_pose(TRUTH).moved(AGENT_ERROR)
-    coupled = depth.depth_direction(residual, pose)
+    coupled = depth.depth_direction(residual, pose, residual(pose))
     assert coupled[2] == 1.0 and 0 < np.abs(np.delete(coupled, 2)).max() <= MAX_COUPLING
 
     def across_the_detector(*args, **kwargs):
         raise MedAIInputError("the body in the CT is not entirely between the X-ray source and the detector")
 
     monkeypatch.setattr(depth, "_jacobian", across_the_detector)
-    np.testing.assert_array_equal(depth.depth_direction(residual, pose), np.eye(6)[2])
+    np.testing.assert_array_equal(depth.depth_direction(residual, pose, residual(pose)), np.eye(6)[2])
 
 
 def test_the_agents_own_view_match_does_not_find_that_depth(setting):

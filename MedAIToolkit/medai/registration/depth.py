@@ -42,8 +42,9 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     (``depth_similarity``); the final row's similarity is the views' at the returned pose."""
     residual = _Residual(level, env.centre_ras)
     residual.choose_filter(pose)
-    cost = residual.cost(pose)
-    direction = depth_direction(residual, pose)
+    r = residual(pose)
+    cost = float(r @ r)
+    direction = depth_direction(residual, pose, r)
     final = trajectory.rows.pop()
     step_number, similarity = final["step"], final["similarity"]
     order = DEPTH_ACTIONS
@@ -65,16 +66,16 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
     return pose
 
 
-def depth_direction(residual: _Residual, pose: RigidPose) -> np.ndarray:
+def depth_direction(residual: _Residual, pose: RigidPose, r) -> np.ndarray:
     """(6,) a move of +1 mm along the beam (tz) with the change of the other five parameters that best keeps the fine
-    level's residual as it is (least squares on its Jacobian at ``pose``: warped columns for the in-plane parameters,
+    level's residual ``r`` at ``pose`` as it is (least squares on its Jacobian there: warped columns for the in-plane parameters,
     two renders for the tilts), each bounded by :data:`MAX_COUPLING`; pure tz if that Jacobian is degenerate or cannot
     be rendered (a tilt that puts the body across the source or the detector)."""
     direction = np.zeros(6)
     direction[2] = 1.0
     level = residual.level
     try:
-        jac = _jacobian(residual, pose, residual(pose), range(6), np.asarray(level.fd_step, dtype=np.float64),
+        jac = _jacobian(residual, pose, r, range(6), np.asarray(level.fd_step, dtype=np.float64),
                         level.warp_dofs).numpy()
     except MedAIInputError:
         return direction
