@@ -126,3 +126,24 @@ def test_the_agents_own_view_match_does_not_find_that_depth(setting):
                    .error_to(truth)[2])
     print(f"|tz| after the views' match {by_views:.1f} mm, after the depth stage {by_stage:.1f} mm")
     assert by_stage < by_views - 3.0
+
+
+def test_the_stage_counts_every_drr_it_renders(setting, monkeypatch):
+    """The trajectory's render count (the benchmark's "DRRs rendered by the agent") includes the stage's filter choice,
+    its Jacobian's tilt columns, every move tried and the views' match after each move kept."""
+    import medai.registration.environment as environment_module
+    import medai.registration.refine as refine_module
+
+    ct, centre, fixed = setting
+    env = Environment(ct, centre, fixed)
+    agent_pose = RigidPose.from_pose(TRUTH).moved(AGENT_ERROR)
+    trajectory = _agent_stopped(env, agent_pose)
+    rendered = []
+    for module in (environment_module, refine_module):
+        original = module.render_matrix
+        monkeypatch.setattr(module, "render_matrix",
+                            lambda *args, _original=original, **kwargs: rendered.append(1) or _original(*args, **kwargs))
+    check_depth(_fine_level(ct, fixed), env, agent_pose, agent_pose, STEPS_MM, trajectory)
+    moves = [row for row in trajectory.rows if row.get("stage") == "depth"]
+    print(f"{len(rendered)} DRRs for {len(moves)} depth moves")
+    assert moves and trajectory.renders == len(rendered) > 3 + 2 * len(moves)

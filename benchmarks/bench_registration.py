@@ -144,7 +144,8 @@ def _work(method, ct_name, cases, agent_path, queue):
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
                        agent_seconds=result.timings["frame"] + result.timings["agent"], seconds=result.seconds,
-                       steps=result.steps, renders=result.timings["agent_renders"], confidence=result.confidence,
+                       steps=result.steps, renders=result.timings["agent_renders"],
+                       refine_renders=result.timings.get("refine_renders", 0.0), confidence=result.confidence,
                        **result.features)
         else:
             t0 = time.perf_counter()
@@ -265,7 +266,8 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label, budgets=(1.0,)) -> 
         confidence_auc_10mm=roc_auc(confidences, [r["mtre"] < 10 for r in rows]),
         confidence_auc_ceiling=confidence_auc_ceiling([r[CONFIDENCE_FEATURE] for r in rows], [r["mtre"] for r in rows]),
         prepare_seconds=out["prepare_seconds"], median_steps=float(np.median([r["steps"] for r in rows])),
-        median_renders=float(np.median([r.get("renders", 0) for r in rows])))
+        median_renders=float(np.median([r.get("renders", 0) for r in rows])),
+        median_refine_renders=float(np.median([r.get("refine_renders", 0) for r in rows])))
     if baselines_n:
         subset = cases[:baselines_n]
         agent_subset = summarise(rows[:baselines_n])
@@ -372,8 +374,9 @@ def main(argv=None) -> int:
                    for k in ("confidence_auc", "similarity_auc", "confidence_auc_10mm")}
             print(f"{name}: confidence ROC AUC (within 2 mm vs not) {auc['confidence_auc']} (final similarity alone "
                   f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
-                  f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered "
-                  f"{r.get('median_renders', float('nan')):.0f}")
+                  f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered by the agent "
+                  f"{r.get('median_renders', float('nan')):.0f} and by the refinement "
+                  f"{r.get('median_refine_renders', float('nan')):.0f}")
             ceiling = r.get("confidence_auc_ceiling")
             if ceiling:
                 print(f"{name}: confidence ROC AUC ceiling if each error were as random as its predicted uncertainty "

@@ -52,7 +52,7 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
         for _ in range(MAX_MOVES_PER_STEP):
             if cancel is not None and cancel():
                 break
-            moved = _first_lower(residual, trajectory, order, pose, init, step_mm, cost, direction)
+            moved = _first_lower(residual, order, pose, init, step_mm, cost, direction)
             if moved is None:
                 break
             action, pose, cost = moved
@@ -61,7 +61,9 @@ def check_depth(level: RefineLevel, env: Environment, pose: RigidPose, init: Rig
                                     "step_deg": 0.0, "similarity": similarity, "stage": "depth",
                                     "depth_similarity": 1.0 - cost / 2.0})
             _, similarity = env.look(pose)
+            trajectory.renders += 1
             step_number += 1
+    trajectory.renders += residual.renders  # its filter choice, the Jacobian's tilts and every move tried
     trajectory.rows.append({**final, "step": step_number, "similarity": similarity})
     return pose
 
@@ -85,7 +87,7 @@ def depth_direction(residual: _Residual, pose: RigidPose, r) -> np.ndarray:
     return direction
 
 
-def _first_lower(residual: _Residual, trajectory: Trajectory, order, pose: RigidPose, init: RigidPose, step_mm: float,
+def _first_lower(residual: _Residual, order, pose: RigidPose, init: RigidPose, step_mm: float,
                  cost: float, direction: np.ndarray):
     """(action, pose, cost) of the first of ``order``'s moves (+/- ``step_mm`` along ``direction``) whose fine-level
     cost is below ``cost``; None if none."""
@@ -97,7 +99,6 @@ def _first_lower(residual: _Residual, trajectory: Trajectory, order, pose: Rigid
             candidate_cost = residual.cost(candidate)
         except MedAIInputError:  # the body would cross the source or the detector
             continue
-        trajectory.renders += 1
         if candidate_cost < cost:
             return action, candidate, candidate_cost
     return None

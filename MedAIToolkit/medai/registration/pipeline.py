@@ -201,18 +201,25 @@ class Registrar:
         t_agent = time.perf_counter()
         agent_similarity = trajectory.rows[-1]["similarity"]
         pose, similarity, refine_log, refined_from = agent_pose, agent_similarity, [], "agent"
+        refine_renders = 0
         features = self._features(agent_similarity, agent_similarity, agent_pose, agent_pose, UNKNOWN_UNCERTAINTY_MM)
         if refine_result and not cancelled:
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
+            refine_renders = kept.renders
             features = self._outcome_features(kept, agent_similarity, agent_pose)
             if (self._confidence(features) < SECOND_START_CONFIDENCE
                     and pose_distance(init.error_to(agent_pose)) > 1.0):
-                kept, refined_from = self._best_match(levels, [init], kept, refined_from, "initial pose", mode, cancel)
+                kept, refined_from, renders = self._best_match(levels, [init], kept, refined_from, "initial pose", mode,
+                                                               cancel)
+                refine_renders += renders
                 features = self._outcome_features(kept, agent_similarity, agent_pose)
             if self._confidence(features) < RESTART_CONFIDENCE:
                 deeper = [kept.pose.moved(np.array([0.0, 0.0, depth, 0.0, 0.0, 0.0])) for depth in DEPTH_RESTARTS_MM]
-                kept, refined_from = self._best_match(levels, deeper, kept, refined_from, "depth restart", mode, cancel)
+                kept, refined_from, renders = self._best_match(levels, deeper, kept, refined_from, "depth restart", mode,
+                                                               cancel)
+                refine_renders += renders
             features = self._outcome_features(kept, agent_similarity, agent_pose, model_check=True)
+            refine_renders += int(kept.level is not None and kept.jacobian is not None)  # the model check's render
             pose, similarity, refine_log = kept.pose, kept.similarity, kept.log
         confidence = self._confidence(features)
         end = time.perf_counter()
@@ -221,7 +228,8 @@ class Registrar:
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "agent_depth": t_agent - t_depth, "refine": end - t_agent,
-             "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders)},
+             "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders),
+             "refine_renders": float(refine_renders)},
             features, refined_from, "checked" if trajectory.checked else "greedy")
 
     def _refine_levels(self, frame: Frame) -> list[RefineLevel]:
@@ -231,7 +239,8 @@ class Registrar:
 
     def _best_match(self, levels, starts, kept, refined_from: str, label: str, mode: str, cancel):
         """Refine from each of ``starts``; returns the outcome with the highest similarity (``kept`` unless one
-        beats it) and where it started (``label`` for these starts)."""
+        beats it), where it started (``label`` for these starts) and the DRRs these refinements rendered."""
+        renders = 0
         for start in starts:
             if cancel is not None and cancel():
                 break
@@ -239,9 +248,10 @@ class Registrar:
                 outcome = refine(levels, start, self.centre_ras, mode, cancel)
             except MedAIInputError:  # a moved start puts the body across the source or the detector
                 continue
+            renders += outcome.renders
             if outcome.similarity > kept.similarity and not (cancel is not None and cancel()):
                 kept, refined_from = outcome, label
-        return kept, refined_from
+        return kept, refined_from, renders
 
     def _confidence(self, features: dict) -> float:
         return confidence_from(features, self.agent.card.get("confidence"))

@@ -38,6 +38,7 @@ class RefineOutcome:
     level: RefineLevel | None = None  # the last level, with the frame filter it ended with
     jacobian: np.ndarray | None = None  # the last level's final Jacobian (residual elements x refined parameters)
     dofs: tuple = ()  # the refined parameters (columns of ``jacobian``)
+    renders: int = 0  # DRRs rendered, all levels
 
 
 @dataclass
@@ -94,6 +95,7 @@ class _Residual:
         self.points_ras = None if tissue is None else ct.geometry.index_to_ras(
             tissue[:: max(1, len(tissue) // WARP_POINTS)])
         self._images = {}  # the images rendered at the last few poses, by pose matrix
+        self.renders = 0  # DRRs rendered (cached images not counted again)
         self._pixels = None  # (H, W, 3) homogeneous (row, col, 1) of the detector, for warps
 
     def _features(self, image: torch.Tensor) -> torch.Tensor:
@@ -198,6 +200,7 @@ class _Residual:
 
     def _render(self, matrix: np.ndarray) -> torch.Tensor:
         moving = render_matrix(self.level.ct, self.level.fixed.carm, matrix)
+        self.renders += 1
         if len(self._images) >= 16:
             self._images.pop(next(iter(self._images)))
         self._images[matrix.tobytes()] = moving
@@ -294,8 +297,11 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     log = []
     similarity = float("nan")
     jac = r = residual = None
+    renders = 0
     for index, level in enumerate(levels):
         last = index == len(levels) - 1
+        if residual is not None:
+            renders += residual.renders
         residual = _Residual(level, centre_ras)  # Jacobians do not carry across levels; renders within one do
         chooses = bool(level.blur_candidates or level.flatten_candidates or level.sharpen_candidates)
         started_with = residual.choose_filter(pose) if chooses else None
@@ -306,7 +312,8 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
         pose, r, cost, jac = _finish_level(residual, pose, r, cost, jac, fresh, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs),
-                         residual.level if residual else None, None if jac is None else jac.numpy(), tuple(dofs))
+                         residual.level if residual else None, None if jac is None else jac.numpy(), tuple(dofs),
+                         renders + (residual.renders if residual else 0))
 
 
 def _iterate_level(residual: _Residual, pose: RigidPose, dofs, index: int, log: list, cancel=None):
