@@ -132,13 +132,23 @@ class _Residual:
         scaled to 0-1 inside the frame's field) of degree ``intensity_degree`` that best predicts the frame there. It
         is the regression of frame on DRR, so the frame's noise does not bias it; the square root lets it follow a
         display curve that is steep at one end (gamma < 1), which a polynomial in ``u`` cannot."""
+        degree = self.level.intensity_degree
         values = image.double()
         inside = values[self.level.fixed.mask]
         low, high = float(inside.min()), float(inside.max())
-        root = ((values - low) / max(high - low, 1e-12)).clamp(0, 1).sqrt()
-        basis = torch.stack([root ** k for k in range(self.level.intensity_degree + 1)], dim=-1)
-        coef = torch.linalg.lstsq(basis[self.level.fixed.mask], self.fixed_values[:, None]).solution[:, 0]
-        return (basis @ coef).float()
+        scale = 1.0 / max(high - low, 1e-12)
+        # the polynomial in x = 2 sqrt(u) - 1 (the same polynomials as in sqrt(u), better conditioned), fitted on the
+        # field's pixels alone and evaluated everywhere by Horner's rule: 2x faster than a basis of the whole image
+        x_inside = ((inside - low) * scale).clamp(0, 1).sqrt() * 2 - 1
+        basis = torch.ones(len(x_inside), degree + 1, dtype=torch.float64)
+        for k in range(1, degree + 1):
+            basis[:, k] = basis[:, k - 1] * x_inside
+        coef = torch.linalg.lstsq(basis, self.fixed_values[:, None]).solution[:, 0].tolist()
+        x = ((values - low) * scale).clamp(0, 1).sqrt() * 2 - 1
+        mapped = torch.full_like(x, coef[degree])
+        for k in range(degree - 1, -1, -1):
+            mapped = mapped * x + coef[k]
+        return mapped.float()
 
     def choose_filter(self, pose: RigidPose) -> tuple:
         """Set the level's frame filter (``blur_px``, ``flatten``, ``sharpen``) to the one among its candidates that
