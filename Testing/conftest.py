@@ -58,6 +58,21 @@ def sample_ct():
     return volume, prepare_ct(volume), volume.geometry.centre_ras(volume.array.shape)
 
 
+@pytest.fixture
+def drrs_rendered(monkeypatch) -> list:
+    """A list that grows by one for every DRR the registration renders (its agent's views and its refinement's
+    images: both go through ``render_matrix``)."""
+    import medai.registration.environment as environment_module
+    import medai.registration.refine as refine_module
+
+    rendered = []
+    for module in (environment_module, refine_module):
+        original = module.render_matrix
+        monkeypatch.setattr(module, "render_matrix",
+                            lambda *args, _original=original, **kwargs: rendered.append(1) or _original(*args, **kwargs))
+    return rendered
+
+
 def tree_digest(path) -> str:
     """SHA-256 over every file (name + bytes) under ``path``: proves inputs were not modified."""
     digest = hashlib.sha256()
