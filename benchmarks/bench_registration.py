@@ -145,7 +145,7 @@ def _work(method, ct_name, cases, agent_path, queue):
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
                        agent_seconds=result.timings["frame"] + result.timings["agent"], seconds=result.seconds,
                        steps=result.steps, renders=result.timings["agent_renders"],
-                       refine_renders=result.timings.get("refine_renders", 0.0), confidence=result.confidence,
+                       refine_renders=result.timings["refine_renders"], confidence=result.confidence,
                        **result.features)
         else:
             t0 = time.perf_counter()

@@ -136,15 +136,14 @@ class _Residual:
         values = image.double()
         inside = values[self.level.fixed.mask]
         low, high = float(inside.min()), float(inside.max())
-        scale = 1.0 / max(high - low, 1e-12)
         # the polynomial in x = 2 sqrt(u) - 1 (the same polynomials as in sqrt(u), better conditioned), fitted on the
         # field's pixels alone and evaluated everywhere by Horner's rule (1.7x faster than a basis over the whole image)
-        x_inside = ((inside - low) * scale).clamp(0, 1).sqrt() * 2 - 1
+        x = ((values - low) / max(high - low, 1e-12)).clamp(0, 1).sqrt() * 2 - 1
+        x_inside = x[self.level.fixed.mask]
         basis = torch.ones(len(x_inside), degree + 1, dtype=torch.float64)
         for k in range(1, degree + 1):
             basis[:, k] = basis[:, k - 1] * x_inside
         coef = torch.linalg.lstsq(basis, self.fixed_values[:, None]).solution[:, 0].tolist()
-        x = ((values - low) * scale).clamp(0, 1).sqrt() * 2 - 1
         mapped = torch.full_like(x, coef[degree])
         for k in range(degree - 1, -1, -1):
             mapped = mapped * x + coef[k]
@@ -310,8 +309,6 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
     renders = 0
     for index, level in enumerate(levels):
         last = index == len(levels) - 1
-        if residual is not None:
-            renders += residual.renders
         residual = _Residual(level, centre_ras)  # Jacobians do not carry across levels; renders within one do
         chooses = bool(level.blur_candidates or level.flatten_candidates or level.sharpen_candidates)
         started_with = residual.choose_filter(pose) if chooses else None
@@ -321,9 +318,10 @@ def refine(levels: list[RefineLevel], pose: RigidPose, centre_ras, mode: str = "
             pose, r, cost, jac, fresh = _iterate_level(residual, pose, dofs, index, log, cancel)
         pose, r, cost, jac = _finish_level(residual, pose, r, cost, jac, fresh, dofs, index, last, log, cancel)
         similarity = 1.0 - cost / 2.0
+        renders += residual.renders
     return RefineOutcome(pose, similarity, log, _covariance(jac, r, residual.blocks if residual else None, dofs),
                          residual.level if residual else None, None if jac is None else jac.numpy(), tuple(dofs),
-                         renders + (residual.renders if residual else 0))
+                         renders)
 
 
 def _iterate_level(residual: _Residual, pose: RigidPose, dofs, index: int, log: list, cancel=None):
