@@ -1,7 +1,8 @@
 """2D/3D registration benchmark: the agent, agent + refinement, and baselines, on frames it never trained on.
 
     python benchmarks/bench_registration.py [--cases 200] [--baseline-cases 20] [--baseline-budgets 3 10]
-        [--ircad-cases 50] [--finetune-minutes 5] [--calibrate] [--unseen-agent AGENT.pt] [--json benchmarks/results/bench_registration.json]
+        [--ircad-cases 50] [--finetune-minutes 5] [--calibrate] [--unseen-agent AGENT.pt] [--dose aec] [--processing]
+        [--pixels issue] [--json benchmarks/results/bench_registration.json]
 
 Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with SDD 900-1300 mm, SID 550-850 mm,
 a 200-420 mm detector of 192-320 pixels (0.6-2.2 mm pixels); a view within LAO/RAO +/-45 and CRA/CAU +/-25 deg;
@@ -12,7 +13,8 @@ abdomen's frames get ~5x fewer quanta than the chest's at the median body pixel)
 automatic exposure control as on a real C-arm (same poses and C-arms; section labels say "AEC dose"). With
 ``--processing`` the log image also goes through a C-arm's image processing before the display curve (dynamic-range
 compression and edge enhancement, settings drawn per case: ``augment.random_processing``; labels say "C-arm
-processing").
+processing"). ``--pixels issue`` draws the detector pixel from the issue's whole range, 0.3-3 mm after binning
+(67-1400 pixels across), instead of the record's 192-320 pixels.
 mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone (checked inference, as shipped: every
 step must improve the match), its greedy choices without that check, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
@@ -56,13 +58,18 @@ def _load(name):
     return read_volume(name)
 
 
-def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False):
+PIXEL_RANGE_MM = (0.3, 3.0)
+"""The issue's range of detector pixels after binning, for ``--pixels issue``."""
+
+
+def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False, pixels: str = "record"):
     """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT; ``dose``:
     the frames' quantum noise at a fixed tube output or under automatic exposure control
     (:func:`medai.registration.augment.fluoroscopy_like`); ``processing``: C-arm image processing (settings from
     a generator of their own, seeded by ``seed`` and the case's number). Either way the seed gives the same poses and
     C-arms: the AEC or processed frame is degraded from the generator's state before the fixed-dose frame, which keeps
-    the sequence."""
+    the sequence. ``pixels``: "record", 192-320 pixels across the detector (0.6-2.2 mm), or "issue", pixels drawn
+    from :data:`PIXEL_RANGE_MM` (67-1400 pixels across; other poses and C-arms than the record's)."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.errors import MedAIInputError
     from medai.registration.augment import fluoroscopy_like, random_processing
@@ -74,8 +81,12 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
     while len(cases) < n:
         sdd = rng.uniform(900, 1300)
         sid = rng.uniform(550, min(850, sdd - 250))
-        size = int(rng.integers(192, 321))
-        fov = rng.uniform(200, 420)
+        if pixels == "issue":
+            pixel_mm, fov = rng.uniform(*PIXEL_RANGE_MM), rng.uniform(200, 420)
+            size = max(2, int(round(fov / pixel_mm)))
+        else:
+            size = int(rng.integers(192, 321))
+            fov = rng.uniform(200, 420)
         carm = CArmGeometry(sdd, sid, size, size, fov / size, fov / size)
         primary, secondary = rng.uniform(-45, 45), rng.uniform(-25, 25)
         nominal = Pose(rx=-secondary, rz=-primary)
@@ -325,14 +336,17 @@ def main(argv=None) -> int:
     parser.add_argument("--write-card", action="store_true", help="store the results in the agent card's held_out")
     parser.add_argument("--dose", choices=("fixed", "aec"), default="fixed",
                         help="the frames' quantum noise: fixed tube output (the record) or automatic exposure control")
+    parser.add_argument("--pixels", choices=("record", "issue"), default="record",
+                        help="detector pixels: 192-320 across the detector (the record) or 0.3-3 mm (the issue's range)")
     parser.add_argument("--processing", action="store_true",
                         help="frames through a C-arm's image processing (dynamic-range compression, edge enhancement)")
     args = parser.parse_args(argv)
     args.baseline_budgets = sorted({1.0, *args.baseline_budgets})
-    if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing):
-        parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec or "
-                     "--processing without them")
-    tag = (" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "")
+    if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing or args.pixels != "record"):
+        parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec, "
+                     "--processing or --pixels issue without them")
+    tag = ((" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "")
+           + (" (pixels %g-%g mm)" % PIXEL_RANGE_MM if args.pixels == "issue" else ""))
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
@@ -344,12 +358,13 @@ def main(argv=None) -> int:
         print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
     if args.cases:  # 0: the abdominal CT alone (e.g. more of its cases)
         t0 = time.time()
-        cases = make_cases("chest", args.cases, TEST_SEED, args.dose, args.processing)
+        cases = make_cases("chest", args.cases, TEST_SEED, args.dose, args.processing, args.pixels)
         print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
         all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag,
                                     args.baseline_budgets))
     if args.ircad_cases:
-        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose, args.processing)
+        ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose, args.processing,
+                           args.pixels)
         seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"
         all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen}){tag}"))
         if args.unseen_agent:  # how an agent does on a CT it never saw, when the generic one trained on IRCAD
