@@ -14,7 +14,8 @@ automatic exposure control as on a real C-arm (same poses and C-arms; section la
 ``--processing`` the log image also goes through a C-arm's image processing before the display curve (dynamic-range
 compression and edge enhancement, settings drawn per case: ``augment.random_processing``; labels say "C-arm
 processing"). ``--pixels issue`` draws the detector pixel from the issue's whole range, 0.3-3 mm after binning
-(67-1400 pixels across), instead of the record's 192-320 pixels.
+(67-1400 pixels across), instead of the record's 192-320 pixels; ``--pixels issue-binned``, the same frames with
+quanta per pixel in proportion to its area, as binning adds them up.
 mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone (checked inference, as shipped: every
 step must improve the match), its greedy choices without that check, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
@@ -59,7 +60,10 @@ def _load(name):
 
 
 PIXEL_RANGE_MM = (0.3, 3.0)
-"""The issue's range of detector pixels after binning, for ``--pixels issue``."""
+"""The issue's range of detector pixels after binning, for ``--pixels issue`` and ``issue-binned``."""
+RECORD_PIXEL_MM = 1.2
+"""The record's median detector pixel (310 mm over 256 pixels): with ``--pixels issue-binned`` a pixel of p mm
+gets (p / 1.2)^2 times the record's quanta, as a binned pixel sums those of the pixels it bins."""
 
 
 def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False, pixels: str = "record"):
@@ -69,7 +73,8 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
     a generator of their own, seeded by ``seed`` and the case's number). Either way the seed gives the same poses and
     C-arms: the AEC or processed frame is degraded from the generator's state before the fixed-dose frame, which keeps
     the sequence. ``pixels``: "record", 192-320 pixels across the detector (0.6-2.2 mm), or "issue", pixels drawn
-    from :data:`PIXEL_RANGE_MM` (67-1400 pixels across; other poses and C-arms than the record's)."""
+    from :data:`PIXEL_RANGE_MM` (67-1400 pixels across; other poses and C-arms than the record's), or
+    "issue-binned", the same frames with quanta per pixel in proportion to its area (:data:`RECORD_PIXEL_MM`)."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.errors import MedAIInputError
     from medai.registration.augment import fluoroscopy_like, random_processing
@@ -81,7 +86,7 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
     while len(cases) < n:
         sdd = rng.uniform(900, 1300)
         sid = rng.uniform(550, min(850, sdd - 250))
-        if pixels == "issue":
+        if pixels in ("issue", "issue-binned"):
             pixel_mm, fov = rng.uniform(*PIXEL_RANGE_MM), rng.uniform(200, 420)
             size = max(2, int(round(fov / pixel_mm)))
         else:
@@ -97,11 +102,13 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
             continue
         state = rng.bit_generator.state
         image, _ = fluoroscopy_like(line_integrals, rng)
-        if dose != "fixed" or processing:
+        if dose != "fixed" or processing or pixels == "issue-binned":
             replay = np.random.default_rng()
             replay.bit_generator.state = state
             settings = random_processing(np.random.default_rng([seed, len(cases)])) if processing else None
-            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose, processing=settings)
+            scale = (carm.row_spacing_mm * carm.col_spacing_mm / RECORD_PIXEL_MM ** 2
+                     if pixels == "issue-binned" else 1.0)
+            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose, processing=settings, quanta_scale=scale)
         cases.append({"image": image, "carm": carm.to_dict(), "truth": truth.as_array(), "init": nominal.as_array(),
                       "view": (primary, secondary)})
     return cases
@@ -336,8 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--write-card", action="store_true", help="store the results in the agent card's held_out")
     parser.add_argument("--dose", choices=("fixed", "aec"), default="fixed",
                         help="the frames' quantum noise: fixed tube output (the record) or automatic exposure control")
-    parser.add_argument("--pixels", choices=("record", "issue"), default="record",
-                        help="detector pixels: 192-320 across the detector (the record) or 0.3-3 mm (the issue's range)")
+    parser.add_argument("--pixels", choices=("record", "issue", "issue-binned"), default="record",
+                        help="detector pixels: 192-320 across the detector (the record) or 0.3-3 mm (the issue's "
+                             "range; issue-binned: the same frames with quanta in proportion to the pixel's area)")
     parser.add_argument("--processing", action="store_true",
                         help="frames through a C-arm's image processing (dynamic-range compression, edge enhancement)")
     args = parser.parse_args(argv)
@@ -346,7 +354,8 @@ def main(argv=None) -> int:
         parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec, "
                      "--processing or --pixels issue without them")
     tag = ((" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "")
-           + (" (pixels %g-%g mm)" % PIXEL_RANGE_MM if args.pixels == "issue" else ""))
+           + (" (pixels %g-%g mm)" % PIXEL_RANGE_MM if args.pixels == "issue" else "")
+           + (" (pixels %g-%g mm, binned quanta)" % PIXEL_RANGE_MM if args.pixels == "issue-binned" else ""))
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]

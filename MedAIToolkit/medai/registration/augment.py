@@ -67,17 +67,19 @@ def carm_processing(image: np.ndarray, drc_amount: float = 0.0, drc_width: float
 
 
 def fluoroscopy_like(line_integrals: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
-                     collimate: bool = True, dose: str = "fixed",
-                     processing: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     collimate: bool = True, dose: str = "fixed", processing: dict | None = None,
+                     quanta_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(image, field mask) of a degraded frame from DRR line integrals (H, W). ``strength`` 0 returns the DRR.
     ``dose``: "fixed" tube output or "aec" (see the module docstring). ``processing``: :func:`carm_processing`
-    settings applied to the log image before the display curve (None: none; draws nothing from ``rng``)."""
+    settings applied to the log image before the display curve (None: none; draws nothing from ``rng``).
+    ``quanta_scale``: the quanta per pixel multiplied by this (e.g. a binned pixel's area over the pixel the dose
+    ranges assume)."""
     image = np.asarray(line_integrals, dtype=np.float64)
     height, width = image.shape
     mask = np.ones(image.shape, bool)
     if strength <= 0:
         return image.astype(np.float32), mask
-    photons = tube_output(image, rng.uniform(*FIXED_DOSE_LOG10), dose) / strength
+    photons = tube_output(image, rng.uniform(*FIXED_DOSE_LOG10), dose) * quanta_scale / strength
     quanta = rng.poisson(photons * np.exp(-np.clip(image, 0, 30))).astype(np.float64)
     image = -np.log(np.maximum(quanta, 0.5) / photons)
     sigma = rng.uniform(0.0, 1.5 * strength) * max(height, width) / 128
