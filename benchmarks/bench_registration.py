@@ -2,7 +2,7 @@
 
     python benchmarks/bench_registration.py [--cases 200] [--baseline-cases 20] [--baseline-budgets 3 10]
         [--ircad-cases 50] [--finetune-minutes 5] [--calibrate] [--unseen-agent AGENT.pt] [--dose aec] [--processing]
-        [--pixels issue] [--json benchmarks/results/bench_registration.json]
+        [--pixels issue|issue-binned] [--json benchmarks/results/bench_registration.json]
 
 Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with SDD 900-1300 mm, SID 550-850 mm,
 a 200-420 mm detector of 192-320 pixels (0.6-2.2 mm pixels); a view within LAO/RAO +/-45 and CRA/CAU +/-25 deg;
@@ -88,7 +88,7 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
         sid = rng.uniform(550, min(850, sdd - 250))
         if pixels in ("issue", "issue-binned"):
             pixel_mm, fov = rng.uniform(*PIXEL_RANGE_MM), rng.uniform(200, 420)
-            size = max(2, int(round(fov / pixel_mm)))
+            size = int(round(fov / pixel_mm))
         else:
             size = int(rng.integers(192, 321))
             fov = rng.uniform(200, 420)
@@ -352,10 +352,10 @@ def main(argv=None) -> int:
     args.baseline_budgets = sorted({1.0, *args.baseline_budgets})
     if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing or args.pixels != "record"):
         parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec, "
-                     "--processing or --pixels issue without them")
-    tag = ((" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "")
-           + (" (pixels %g-%g mm)" % PIXEL_RANGE_MM if args.pixels == "issue" else "")
-           + (" (pixels %g-%g mm, binned quanta)" % PIXEL_RANGE_MM if args.pixels == "issue-binned" else ""))
+                     "--processing or --pixels without them")
+    pixels = {"issue": " (pixels %g-%g mm)" % PIXEL_RANGE_MM,
+              "issue-binned": " (pixels %g-%g mm, binned quanta)" % PIXEL_RANGE_MM}.get(args.pixels, "")
+    tag = (" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "") + pixels
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
