@@ -62,8 +62,9 @@ def _load(name):
 PIXEL_RANGE_MM = (0.3, 3.0)
 """The issue's range of detector pixels after binning, for ``--pixels issue`` and ``issue-binned``."""
 RECORD_PIXEL_MM = 1.2
-"""The record's median detector pixel (310 mm over 256 pixels): with ``--pixels issue-binned`` a pixel of p mm
-gets (p / 1.2)^2 times the record's quanta, as a binned pixel sums those of the pixels it bins."""
+"""The record's typical detector pixel (the middle of its 200-420 mm fields over the middle of its 192-320 pixels:
+310 / 256 mm): with ``--pixels issue-binned`` a pixel of p mm gets (p / 1.2)^2 times the record's quanta, as a binned
+pixel sums those of the pixels it bins."""
 
 
 def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False, pixels: str = "record"):
