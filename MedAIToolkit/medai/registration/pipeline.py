@@ -35,32 +35,21 @@ REFINE_LEVELS = ({"ct_spacing_mm": None, "work_size": 64, "sigma_px": 1.0, "iter
                   "flatten_candidates": ((0.45, 12.0), (0.3, 8.0), (0.6, 8.0), (0.3, 16.0), (0.6, 16.0)),
                   "sharpen_candidates": ((1.0, 2.0), (0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (0.5, 2.0), (2.0, 2.0),
                                          (0.5, 3.0), (1.0, 3.0), (2.0, 3.0))})
-"""Refinement pyramid: ``ct_spacing_mm`` None = the agent's CT; NCC at the coarse level, gradient correlation at
-the fine one (robust to the frame's gamma and noise: median mTRE 0.71 vs 1.61 mm with NCC on 6 test frames); a fresh
-Jacobian at every coarse iteration (far from the optimum), Broyden updates at the fine level. The Jacobian columns of
-the in-plane parameters come from warping the rendered image (2 renders per Jacobian instead of 6; the last step
-and the covariance use a fully rendered one): refinement 0.80 -> 0.65 s per frame at equal accuracy on 40 chest and
-60 unseen-CT development frames (chest < 2 mm 0.95 / median 0.47 mm; unseen CT 0.667 / 1.35 mm vs 1.34 mm).
-At the fine level the DRR is first blurred like the frame (the best of ``blur_candidates`` px at the level's start)
-and mapped to its intensities by a degree-5 polynomial in the square root of its values (``intensity_degree``): a
-display curve (gamma) on a blurred frame moves where the body outline's gradients peak, all around the body, which the
-fit answered with a depth error (cost minimum along tz with the other parameters true, 12 unseen-CT dev frames: mean
-|bias| 1.9 mm; gamma 1.5 alone +1.1 mm, gamma 0.67 alone -1.9 mm, noise or blur alone <= 0.4 mm, clean 0.1 mm).
-Development frames (dev seeds, agent + refinement, < 2 mm / median mTRE), before -> after: unseen abdominal CT
-0.667 / 1.05 mm -> 0.967 / 0.54 mm (30 frames) and 0.850 (mapping without blur) -> 0.925 / 0.76 mm (40 frames);
-chest 0.95 / 0.47 mm -> 1.00 / 0.22 mm (40 frames); 0.6 -> 0.8 s per frame. The blur is chosen again where the fine level
-ends, and the level runs once more if it changed: unseen CT 0.883 -> 0.933 (60 frames, median 0.58 -> 0.44 mm) and
-0.925 -> 0.950 (40), 0.967 either way (30), chest 1.00 either way; +0.1 s.
-A C-arm also processes the log image before its display curve: dynamic-range compression (a wide low-pass
-subtracted) and edge enhancement (unsharp masking). The fine level models both, like the blur: ``flatten_candidates``
-and ``sharpen_candidates`` ((amount, sigma px) on its 128 px grid), taken only when they fit the frame better
-(refine.FILTER_MIN_GAIN). Development frames through such processing (augment.random_processing; agent + refinement
-< 2 mm / median mTRE): unseen abdominal CT 0.733 / 1.37 mm -> 0.900 / 0.43 mm (30 frames), chest 0.90 / 0.69 mm ->
-0.95 / 0.22 mm (20); unprocessed frames unchanged (0.967 and 1.00), +0.05 s."""
+"""Refinement pyramid. ``ct_spacing_mm`` None means the agent's CT. The coarse level matches by NCC and takes a fresh
+Jacobian at every iteration (far from the optimum). The fine level matches by gradient correlation (robust to the
+frame's gamma and noise) and keeps its Jacobian by Broyden updates. At both levels the Jacobian columns of the
+in-plane parameters come from warping the rendered image (2 renders per Jacobian instead of 6).
+Before comparing, the fine level makes the DRR look like the frame:
+- blurred like it (the best of ``blur_candidates`` px);
+- processed like a C-arm's log image (``flatten_candidates``: dynamic-range compression; ``sharpen_candidates``: edge
+  enhancement; each (amount, sigma px), taken only when it fits better by ``refine.FILTER_MIN_GAIN``);
+- mapped to its intensities by a degree-5 polynomial in the square root of its values (``intensity_degree``).
+The filter is chosen where the level starts and again where its iterations end; if it changed, the iterations go on
+with the new one. A display curve on a blurred frame moves where the body outline's gradients peak, which the fit
+otherwise read as a depth error. Measurements behind each choice: training/README.md ("Registration agent")."""
 CONFIDENCE_FEATURE = "log_total_uncertainty_mm"
-"""The confidence's one feature (:data:`MODEL_CHECK_SPACING_MM`). Similarity levels differ between CTs, so a model
-that also used them transferred badly to a CT it was not calibrated on (cross-CT AUC 0.43-0.51 vs 0.90 for the
-predicted uncertainty alone, dev seed 4242)."""
+"""The confidence's one feature (:data:`MODEL_CHECK_SPACING_MM`). Similarity levels differ between CTs: a model that
+also used them transferred badly to a CT it was not calibrated on (cross-CT AUC 0.43-0.51 against 0.90)."""
 DEFAULT_CONFIDENCE = {"features": [CONFIDENCE_FEATURE], "coef": [-3.0], "intercept": -1.0,
                       "calibrated_on": "default (uncalibrated) coefficients"}
 """An agent card without a calibrated model: 50% at 0.7 mm total predicted uncertainty (bench_registration --calibrate
@@ -72,22 +61,18 @@ pose the refinement alone would have found."""
 RESTART_CONFIDENCE = 0.8
 DEPTH_RESTARTS_MM = (-8.0, 8.0)
 """Below :data:`RESTART_CONFIDENCE` the refinement also restarts from the kept pose moved this far along the beam
-(tz), and the best match is kept (``refined_from`` "depth restart"): depth is the parameter a single view determines
-worst, and a refinement can settle in a local minimum a few mm deep with rotations of about 1 deg off. Unseen
-abdominal CT, 130 development frames (seeds 4243 / 5151 / 6161), < 2 mm 0.938 -> 0.962 with 11.5% of frames
-restarted, median time +0.03 s; chest (40 frames) none restarted. (+/-6 and +/-12 mm: the same frames as +/-8.)"""
+(tz), and the best match is kept (``refined_from`` "depth restart"). Depth is the parameter a single view determines
+worst, and a refinement can settle in a local minimum a few mm deep with rotations about 1 deg off (unseen abdominal
+CT, 130 development frames: < 2 mm 0.938 -> 0.962, 11.5% of frames restarted, median time +0.03 s)."""
 UNKNOWN_UNCERTAINTY_MM = 1e3
 """The ``log_uncertainty_mm`` feature's cap, and its value when there is no estimate (not refined)."""
 MODEL_CHECK_SPACING_MM = 1.0
 """The confidence also asks how far the fine level's optimum moves when its DRR comes from the CT resampled at this
 spacing instead of the level's 2 mm (:func:`refine.model_shift`, one render; ``resolution_shift_mm``, RMS mm over the
-body), and adds that to the predicted uncertainty in quadrature (``log_total_uncertainty_mm``). The covariance sees the
-frame's noise, not a minimum that the CT's sampling puts in the wrong place, which can be sharp (a development frame:
-0.52 mm predicted, 2.95 mm off, resolution shift 1.79 mm). 400 unseen-CT development frames (3D-IRCADb, seeds 8181 /
-9191 / 10101 / 11111, 23 misses): ROC AUC for "within 2 mm" 0.794 / 0.953 / 0.943 / 0.916 -> 0.914 / 0.940 / 0.916 /
-0.923, pooled 0.903 -> 0.925 (paired bootstrap difference +0.022, SD 0.025, > 0 in 79% of resamples): a gain where
-such a minimum occurs, small losses elsewhere. Costs one 128 px render per frame and the 1 mm CT's preparation
-(once per CT: 2.2 s on the benchmark's abdominal CT, 3.8 s and 0.16 GB more peak memory on its chest CT)."""
+body), and adds that to the predicted uncertainty in quadrature (``log_total_uncertainty_mm``). The covariance sees
+the frame's noise, not a minimum that the CT's sampling puts in the wrong place (pooled ROC AUC on 400 unseen-CT
+development frames 0.903 -> 0.925). Costs one 128 px render per frame and the 1 mm CT's preparation, once per CT
+(2.2 s on the benchmark's abdominal CT; 3.8 s and 0.16 GB more peak memory on its chest CT)."""
 
 
 @dataclass
