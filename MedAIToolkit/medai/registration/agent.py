@@ -32,12 +32,12 @@ from .poses import ACTION_NAMES, MODE_ACTIONS, RigidPose, action_delta
 from .qnetwork import QNetwork
 
 DEFAULT_LEVELS = ((6.0, 3.0), (3.0, 1.5), (1.5, 0.75))
+"""(step mm, step deg) from coarse to fine."""
 SEARCH_RANGE = (30.0, 15.0)
 """The agent never moves further than this (mm per translation axis, deg per rotation axis, C-arm frame) from the
 initial pose: the initial pose is within 20 mm / 10 deg of the truth, so further is always wrong."""
 SIMILARITY_DROP = 0.05
 """A step that lowers the image similarity by more than this below the best seen counts as oscillation."""
-"""(step mm, step deg) from coarse to fine."""
 SHIPPED_AGENT = "registration-agent"
 
 
