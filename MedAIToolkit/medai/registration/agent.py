@@ -4,17 +4,14 @@ Inference (``AgentSettings.checked``, the default): at each step the Q-network r
 current pose, and the agent takes the first one, in that order, whose DRR matches the frame better
 (:meth:`Environment.match`); when none does, the step size shrinks to the next level; after the finest level, or
 the step budget, it stops. On the CT it trained on the first choice nearly always passes (one render a step); on a
-CT it never saw, where its ranking is often wrong, the check keeps it from walking away: on the benchmark's 100
-frames of the unseen abdominal CT, agent alone < 10 mm 0.16 (greedy) -> 0.82 (checked), chest 0.96 -> 0.965, for
-about 4x the renders (training/README.md). Checked inference ends with the depth stage
-(``AgentSettings.check_depth``, :mod:`medai.registration.depth`): the agent's +/- tz moves once more, each carrying
-the small change of the other parameters that keeps the projection in place and each checked against the frame with
-the refinement's fine frame model, since the views' NCC does not read depth.
+CT it never saw, where its ranking is often wrong, the check keeps it from walking away, for about 4x the renders.
+Checked inference ends with the depth stage (``AgentSettings.check_depth``, :mod:`medai.registration.depth`): the
+agent's +/- tz moves once more, each carrying the small change of the other parameters that keeps the projection in
+place and each checked against the frame with the refinement's fine frame model, since the views' NCC does not read
+depth.
 Greedy (``checked=False``, as trained and validated in training): the best-ranked action is always taken; when the
 agent oscillates (comes back within half a step of a pose it visited at this step size) or no action is expected to
-help, the step size shrinks.
-(Greedy, stepping on until it oscillates: 0.825 vs 0.82 < 10 mm on the 200 benchmark frames, 0.15 s slower, and
-further off on a CT it never saw.)
+help, the step size shrinks. What each choice measured (benchmark and development frames): training/README.md.
 """
 from __future__ import annotations
 
