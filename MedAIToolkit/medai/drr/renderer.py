@@ -166,14 +166,17 @@ def render_rays(ct: PreparedCT, source_ijk: np.ndarray, targets_ijk: np.ndarray,
     da_device = da.to(torch.float32).to(device)
 
     height, width = d.shape[:2]
+    # plane n's sampling grid is base + (n - s_axis) * ratio, x and y interleaved: one contiguous multiply-add per
+    # chunk of planes (writing the x and y halves separately took 4-5x longer)
+    base = torch.tensor([base_x * scale_x - 1.0, base_y * scale_y - 1.0], dtype=torch.float32,
+                        device=device).repeat(height * width)[None]
+    ratio = torch.stack([ratio_x * scale_x, ratio_y * scale_y], dim=-1).reshape(1, -1)
     total = torch.zeros(height, width, dtype=torch.float32, device=device)
     chunk = chunk_planes or max(1, int(1.5e6 // (height * width)))  # ~12 MB of grid: stays in cache
     for start in range(0, n_planes, chunk):
         n = torch.arange(start, min(start + chunk, n_planes), dtype=torch.float32, device=device)
         offset = (n - float(s[axis]))[:, None, None]
-        grid = torch.empty(len(n), height, width, 2, dtype=torch.float32, device=device)
-        torch.addcmul(torch.tensor(base_x * scale_x - 1.0, device=device), offset, ratio_x * scale_x, out=grid[..., 0])
-        torch.addcmul(torch.tensor(base_y * scale_y - 1.0, device=device), offset, ratio_y * scale_y, out=grid[..., 1])
+        grid = torch.addcmul(base, offset.view(-1, 1), ratio).view(len(n), height, width, 2)
         samples = F.grid_sample(planes[start:start + len(n)], grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=True)[:, 0]
         if clip_segment:  # ray parameter of each sample: 0 at the source, 1 at the detector pixel
