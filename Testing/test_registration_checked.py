@@ -5,7 +5,7 @@ import torch
 
 from medai.io import read_volume, resample_volume
 from medai.paths import resources_dir
-from medai.registration.agent import Agent, AgentSettings, run_agent
+from medai.registration.agent import Agent, AgentSettings, pose_key, run_agent
 from medai.registration.environment import Environment
 from medai.registration.training import TrainingConfig, _prepare, sample_case
 
@@ -25,7 +25,14 @@ def test_checked_steps_only_improve_the_match_and_bring_the_pose_closer():
     for _ in range(6):
         case = sample_case(rng, [ct], [centre], config, 64)
         env = Environment(ct, centre, case.fixed)
+        looked = []  # every pose the run renders
+        look = env.look
+        env.look = lambda candidate: (looked.append(pose_key(candidate)), look(candidate))[1]
         pose, trajectory = run_agent(untrained, env, case.init)
+        env.look = look
+        # a pose rendered earlier matched no better (the match only rises): never rendered twice, although a random
+        # ranking tries the reverse of its last move at every level's end
+        assert len(set(looked)) == len(looked) == trajectory.renders
         similarities = [row["similarity"] for row in trajectory.rows]
         assert all(b > a for a, b in zip(similarities, similarities[1:])), similarities
         assert trajectory.stop_reason in ("converged", "step budget")

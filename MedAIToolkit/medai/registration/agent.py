@@ -128,6 +128,12 @@ class Trajectory:
     stop_reason: str = ""
     renders: int = 0  # DRRs rendered (checked inference: every action tried)
     checked: bool = False  # which inference made it (run_agent)
+    rendered: set = field(default_factory=set)  # checked inference: the poses rendered so far (pose_key)
+
+
+def pose_key(pose: RigidPose) -> tuple:
+    """A pose as a set key, up to the rounding of composed rotations (1e-6 mm, 1e-9 in the rotation matrix)."""
+    return tuple(np.round(pose.translation, 6)) + tuple(np.round(pose.rotation, 9).ravel())
 
 
 def within_search_range(candidate: RigidPose, init: RigidPose) -> bool:
@@ -217,6 +223,7 @@ def _run_checked(agent: Agent, env: Environment, init: RigidPose, mode: str, max
     pose, level = init, 0
     state, similarity = env.state(pose)
     trajectory.renders = 1
+    trajectory.rendered.add(pose_key(pose))
     for step in range(max_steps + 1):
         trajectory.poses.append(pose)
         if _stops(trajectory, step, similarity, step == max_steps or trajectory.renders >= budget, cancel):
@@ -246,19 +253,24 @@ def _run_checked(agent: Agent, env: Environment, init: RigidPose, mode: str, max
 def _first_better(env: Environment, trajectory: Trajectory, order, pose: RigidPose, init: RigidPose, level: tuple,
                   similarity: float, budget: int):
     """(action, pose, views, similarity) of the first action in ``order`` at step sizes ``level`` whose DRR matches
-    the frame better than ``similarity``; None when none does or the render budget is spent (each render counted)."""
+    the frame better than ``similarity``; None when none does or the render budget is spent (each render counted).
+    A pose rendered earlier in the run is not rendered again: the match only rises along the run, so it matched no
+    better than the current pose and would fail the check (the reverse of the last move, a level's end; 7% of the
+    agent's renders on unseen-CT development frames)."""
     step_mm, step_deg = level
     for action in order:
         if trajectory.renders >= budget:
             return None
         candidate = pose.moved(action_delta(int(action), step_mm, step_deg))
-        if not within_search_range(candidate, init):
+        key = pose_key(candidate)
+        if key in trajectory.rendered or not within_search_range(candidate, init):
             continue
         try:
             views, candidate_similarity = env.look(candidate)
         except MedAIInputError:  # the body would cross the source or the detector
             continue
         trajectory.renders += 1
+        trajectory.rendered.add(key)
         if candidate_similarity > similarity:
             return int(action), candidate, views, candidate_similarity
     return None
