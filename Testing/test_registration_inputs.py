@@ -123,6 +123,37 @@ def test_blank_frame(case, capsys, tmp_path):
                     str(tmp_path / "x.json")], "blank")
 
 
+def test_ct_stored_without_its_rescale_intercept(case, capsys, tmp_path):
+    """The sample CT written as stored values (+1024: air near 0) would render as a block of water: refused by
+    `medai register` and `medai drr`, naming the intercept; the file is left as it was."""
+    from medai.io import write_volume
+
+    ct = case["ct_volume"]
+    stored = tmp_path / "stored.nii.gz"
+    write_volume(type(ct)(ct.array.astype(np.float32) + 1024, ct.geometry), str(stored))
+    before = digest(stored)
+    refuse(capsys, ["register", "--ct", str(stored), "--frame", case["frame"], *INIT, *GEOMETRY, "--out",
+                    str(tmp_path / "x.json")], "Hounsfield", "intercept", "1024")
+    refuse(capsys, ["drr", "--ct", str(stored), "--out", str(tmp_path / "drr.png")], "Hounsfield")
+    assert digest(stored) == before and not (tmp_path / "x.json").exists()
+
+
+def test_real_cts_in_hounsfield_units_pass_the_check(case, chest_ct_path, data_dir):
+    """Whole and cropped to their centre (no air around the body), the real CTs pass; the same values stored
+    without the intercept are refused, cropped or not."""
+    from medai.errors import MedAIInputError
+    from medai.io import check_hounsfield
+
+    cts = {"sample": case["ct_volume"].array, "chest": read_volume(str(chest_ct_path)).array,
+           "ircad": read_volume(str(data_dir / "ct_dicom/3Dircadb1.17/PATIENT_DICOM")).array}
+    for name, hu in cts.items():
+        for keep in (1.0, 0.3):
+            crop = hu[tuple(slice(int(n * (1 - keep) / 2), int(n * (1 + keep) / 2)) for n in hu.shape)]
+            check_hounsfield(crop, name)
+            with pytest.raises(MedAIInputError, match="Hounsfield"):
+                check_hounsfield(crop.astype(np.float32) + 1024, name)
+
+
 def test_missing_and_corrupted_agent_file(case, capsys, tmp_path):
     from medai.paths import resources_dir
 

@@ -177,6 +177,17 @@ def test_logic_segments_liver_on_the_bundled_ct_geometry(scene):
     assert dice_iou(liver.astype(np.uint8), truth, 1)[0] > 0.8
 
 
+    from medai.io import Volume
+    from medai_slicer import volume_to_node
+
+    hu = read_volume(sample_path("ct_abdomen"))  # stored values without the rescale intercept: refused, no node added
+    stored = volume_to_node(scene, Volume(hu.array.astype(np.float32) + 1024, hu.geometry), "stored")
+    n_nodes = scene.GetNumberOfNodes()
+    with pytest.raises(MedAIInputError, match="Hounsfield"):
+        logic.segment(stored, "ct-liver")
+    assert scene.GetNumberOfNodes() == n_nodes
+
+
 def test_cli_segments_a_volume_to_nifti_on_the_input_grid(tmp_path):
     from medai.io import read_volume
     from medai.samples import sample_path

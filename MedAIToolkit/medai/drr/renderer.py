@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import MedAIInputError
 from ..geometry import Geometry
-from ..io import Volume, check_image_values
+from ..io import Volume, check_hounsfield, check_image_values
 from .attenuation import hu_to_mu
 from .geometry import CArmGeometry, Pose
 
@@ -78,6 +78,7 @@ def prepare_ct(volume: Volume, device: str | torch.device = "cpu", mu_water_per_
     if volume.array.ndim != 3 or min(volume.array.shape) < 2:
         raise MedAIInputError(f"a CT volume with at least 2 voxels per axis is needed, got shape {volume.array.shape}")
     check_image_values(volume.array, "CT volume")
+    check_hounsfield(volume.array, "CT volume")
     hu = volume.array
     body = hu > body_threshold_hu
     if not body.any():

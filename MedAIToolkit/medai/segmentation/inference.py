@@ -6,7 +6,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..errors import MedAIInputError
-from ..io import resample_like, resample_to_slice_grid
+from ..io import check_hounsfield, resample_like, resample_to_slice_grid
 from ..models import load_state
 from .networks import build_network
 from .registry import SegmentationTask, get_task
@@ -47,6 +47,8 @@ def check_input(image: np.ndarray, task: SegmentationTask, what: str = "input") 
         raise MedAIInputError(f"{what}: image contains NaN or infinite values")
     if float(image.max()) == float(image.min()):
         raise MedAIInputError(f"{what}: the image is empty (every pixel is {float(image.min()):g})")
+    if task.modality == "CT":  # its window is in HU
+        check_hounsfield(image, what)
 
 
 class Segmenter:
