@@ -18,6 +18,10 @@ TRUTH = Pose.from_array((8.0, -6.0, 5.0, 3.0, -2.0, -20.0))
 INIT = Pose.from_array((18.0, -12.0, -5.0, 0.0, 0.0, -15.0))
 
 
+def uncertainty_mm(result) -> float:
+    return float(np.exp(result.features["log_uncertainty_mm"]))
+
+
 @pytest.fixture(scope="module")
 def setup():
     ct = read_volume(str(sample_path("ct_abdomen")))
@@ -44,15 +48,28 @@ def test_a_misled_agent_is_overruled_by_a_second_start_from_the_initial_pose(set
     assert result.refined_from == "initial pose"
     assert mtre_of(result.matrix, truth, body) < 1.0
     assert result.to_dict()["refined_from"] == "initial pose"
-    assert result.confidence > pipeline.SECOND_START_CONFIDENCE
+    assert uncertainty_mm(result) < pipeline.SECOND_START_UNCERTAINTY_MM
 
 
 def test_a_confident_result_is_not_refined_twice(setup):
     registrar, frame, truth = setup
     result = registrar.register(frame, INIT)
-    assert result.confidence > pipeline.SECOND_START_CONFIDENCE
+    assert uncertainty_mm(result) < pipeline.RESTART_UNCERTAINTY_MM
+    assert result.confidence > 0.5
     assert result.refined_from == "agent"
     assert mtre_of(result.matrix, truth, registrar.body_points_ras) < 1.0
+
+
+def test_the_restarts_do_not_depend_on_the_confidence_calibration(setup, monkeypatch):
+    """A card calibrated so that every result reads ~0% changes the confidence reported, not the registration."""
+    registrar, frame, truth = setup
+    shipped = registrar.register(frame, INIT)
+    pessimist = {"features": [pipeline.CONFIDENCE_FEATURE], "coef": [0.0], "intercept": -20.0, "calibrated_on": "test"}
+    monkeypatch.setitem(registrar.agent.card, "confidence", pessimist)
+    result = registrar.register(frame, INIT)
+    assert result.confidence < 1e-6 < shipped.confidence
+    assert result.refined_from == shipped.refined_from == "agent"
+    assert np.allclose(result.matrix, shipped.matrix, atol=1e-9)
 
 
 def test_a_doubtful_result_is_refined_again_from_starts_along_the_beam(setup, monkeypatch):
@@ -68,7 +85,7 @@ def test_a_doubtful_result_is_refined_again_from_starts_along_the_beam(setup, mo
             return RefineOutcome(stuck, 0.5, [], np.diag(np.full(6, np.inf)))
         return real_refine(levels, pose, centre_ras, mode, cancel)
 
-    monkeypatch.setattr(pipeline, "SECOND_START_CONFIDENCE", 0.0)  # no second start from the initial pose
+    monkeypatch.setattr(pipeline, "SECOND_START_UNCERTAINTY_MM", np.inf)  # no second start from the initial pose
     monkeypatch.setattr(pipeline, "refine", refine_stuck_first)
     result = registrar.register(frame, INIT)
     assert len(starts) == 1 + len(pipeline.DEPTH_RESTARTS_MM)
@@ -76,14 +93,14 @@ def test_a_doubtful_result_is_refined_again_from_starts_along_the_beam(setup, mo
     assert np.allclose(depths, sorted(-d for d in pipeline.DEPTH_RESTARTS_MM), atol=1e-6)  # moved along the beam only
     assert result.refined_from == "depth restart"
     assert mtre_of(result.matrix, truth, registrar.body_points_ras) < 1.0
-    assert result.confidence > pipeline.RESTART_CONFIDENCE
+    assert uncertainty_mm(result) < pipeline.RESTART_UNCERTAINTY_MM
 
 
 def test_every_drr_a_registration_renders_is_counted(setup, monkeypatch, drrs_rendered):
     """The timings' render counts (the benchmark's "DRRs rendered by the agent / by the refinement") add up to the
     DRRs actually rendered, restarts and the model check included."""
     registrar, frame, truth = setup
-    monkeypatch.setattr(pipeline, "RESTART_CONFIDENCE", 1.01)  # the depth restarts run too
+    monkeypatch.setattr(pipeline, "RESTART_UNCERTAINTY_MM", 0.0)  # the depth restarts run too
     result = registrar.register(frame, INIT)
     print(result.timings)
     assert result.timings["agent_renders"] > 0 and result.timings["refine_renders"] > 0

@@ -1,7 +1,9 @@
 """Register a fluoroscopy frame to a CT: the agent, then (optionally) intensity-based refinement; when the refined
-result is doubtful (confidence below :data:`SECOND_START_CONFIDENCE`), a second refinement from the initial pose,
-and the better match of the two is kept; when it is still not sure (below :data:`RESTART_CONFIDENCE`), refinements
-from the kept pose moved along the beam (:data:`DEPTH_RESTARTS_MM`), and again the best match is kept.
+result is doubtful (its predicted uncertainty above :data:`SECOND_START_UNCERTAINTY_MM`), a second refinement from the
+initial pose, and the better match of the two is kept; when it is still not sure (above
+:data:`RESTART_UNCERTAINTY_MM`), refinements from the kept pose moved along the beam (:data:`DEPTH_RESTARTS_MM`), and
+again the best match is kept. Both are decided on the uncertainty in mm, not on the calibrated confidence, so a new
+calibration changes the probability reported and nothing else.
 
 ``Registrar(volume, agent)`` prepares the CT once (attenuation volumes at the agent's and the refinement's
 resolutions); ``register(frame, init_pose)`` is then the per-frame work whose time is reported.
@@ -54,13 +56,17 @@ DEFAULT_CONFIDENCE = {"features": [CONFIDENCE_FEATURE], "coef": [-3.0], "interce
                       "calibrated_on": "default (uncalibrated) coefficients"}
 """An agent card without a calibrated model: 50% at 0.7 mm total predicted uncertainty (bench_registration --calibrate
 fits the card's own)."""
-SECOND_START_CONFIDENCE = 0.5
-"""Below this confidence the refinement also starts from the initial pose, and the result with the higher final
-similarity is kept (``refined_from``): on a CT it never trained on, the agent can lead the refinement away from a
-pose the refinement alone would have found."""
-RESTART_CONFIDENCE = 0.8
+SECOND_START_UNCERTAINTY_MM = 2.38
+"""Above this predicted uncertainty (the covariance's RMS error over the body, ``log_uncertainty_mm``) the refinement
+also starts from the initial pose, and the result with the higher final similarity is kept (``refined_from``): on a
+CT it never trained on, the agent can lead the refinement away from a pose the refinement alone would have found.
+Until the ninth session (2026-12-07) the rule was "confidence below 0.5" under the card's calibration of the time,
+which put it here."""
+RESTART_UNCERTAINTY_MM = 1.55
+"""Above this predicted uncertainty the depth restarts run (:data:`DEPTH_RESTARTS_MM`); "confidence below 0.8" under
+that calibration."""
 DEPTH_RESTARTS_MM = (-8.0, 8.0)
-"""Below :data:`RESTART_CONFIDENCE` the refinement also restarts from the kept pose moved this far along the beam
+"""Above :data:`RESTART_UNCERTAINTY_MM` the refinement also restarts from the kept pose moved this far along the beam
 (tz), and the best match is kept (``refined_from`` "depth restart"). Depth is the parameter a single view determines
 worst, and a refinement can settle in a local minimum a few mm deep with rotations about 1 deg off (unseen abdominal
 CT, 130 development frames: < 2 mm 0.938 -> 0.962, 11.5% of frames restarted, median time +0.03 s)."""
@@ -192,13 +198,13 @@ class Registrar:
             kept = refine(levels, agent_pose, self.centre_ras, mode, cancel)
             refine_renders = kept.renders
             features = self._outcome_features(kept, agent_similarity, agent_pose)
-            if (self._confidence(features) < SECOND_START_CONFIDENCE
+            if (_uncertainty_mm(features) > SECOND_START_UNCERTAINTY_MM
                     and pose_distance(init.error_to(agent_pose)) > 1.0):
                 kept, refined_from, renders = self._best_match(levels, [init], kept, refined_from, "initial pose", mode,
                                                                cancel)
                 refine_renders += renders
                 features = self._outcome_features(kept, agent_similarity, agent_pose)
-            if self._confidence(features) < RESTART_CONFIDENCE:
+            if _uncertainty_mm(features) > RESTART_UNCERTAINTY_MM:
                 deeper = [kept.pose.moved(np.array([0.0, 0.0, depth, 0.0, 0.0, 0.0])) for depth in DEPTH_RESTARTS_MM]
                 kept, refined_from, renders = self._best_match(levels, deeper, kept, refined_from, "depth restart", mode,
                                                                cancel)
@@ -268,6 +274,11 @@ class Registrar:
                 "log_uncertainty_mm": log_mm(uncertainty),
                 "resolution_shift_mm": float(min(resolution_shift, UNKNOWN_UNCERTAINTY_MM)),
                 "log_total_uncertainty_mm": log_mm(np.hypot(uncertainty, resolution_shift))}
+
+
+def _uncertainty_mm(features: dict) -> float:
+    """The covariance's predicted RMS error over the body (mm) that the restarts are decided on."""
+    return float(np.exp(features["log_uncertainty_mm"]))
 
 
 def resampled_ct(volume: Volume, spacing_mm: float) -> Volume:
