@@ -154,6 +154,25 @@ def test_real_cts_in_hounsfield_units_pass_the_check(case, chest_ct_path, data_d
                 check_hounsfield(crop.astype(np.float32) + 1024, name)
 
 
+def test_inverted_frame_is_refused_naming_invert_and_registers_with_it(case, capsys, tmp_path):
+    """A frame bright where the beam was less attenuated (raw detector values) registered as given ended 225 mm off;
+    it is refused, naming --invert, and with --invert it registers."""
+    inverted = tmp_path / "inverted.npy"
+    frame = np.load(case["frame"])
+    np.save(inverted, frame.max() - frame)
+    args = ["register", "--ct", case["ct"], "--frame", str(inverted), *INIT, *GEOMETRY, "--no-refine", "--out",
+            str(tmp_path / "x.json")]
+    refuse(capsys, args, "looks inverted", "--invert")
+    assert not (tmp_path / "x.json").exists()
+    assert main(args + ["--invert"]) == 0
+    result = json.loads((tmp_path / "x.json").read_text())
+    ct = case["ct_volume"]
+    truth = Pose.from_array(TRUTH).matrix(ct.geometry.centre_ras(ct.array.shape))
+    body = np.argwhere(ct.array > -300)[::500]
+    points = (np.c_[body[:, ::-1], np.ones(len(body))] @ ct.geometry.ijk_to_ras().T)[:, :3]
+    assert mtre_of(np.array(result["agent_matrix"]), truth, points) < 5.0
+
+
 def test_missing_and_corrupted_agent_file(case, capsys, tmp_path):
     from medai.paths import resources_dir
 

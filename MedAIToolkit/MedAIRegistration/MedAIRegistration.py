@@ -91,6 +91,7 @@ class MedAIRegistrationParameterNode:
     geometryFromFields: bool = False
     mode: Annotated[str, Choice(["2d3d", "2d2d"])] = "2d3d"
     refine: bool = True
+    invertFrame: bool = False
     maxSteps: Annotated[int, WithinRange(0, 500)] = 0
     agentPath: str = ""
     registrationTransform: vtkMRMLLinearTransformNode
@@ -251,7 +252,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 result = self.logic.register(
                     p.ctVolume, p.frameVolume, self.initialPose(), carm=self.frameGeometry(), mode=p.mode,
                     refine=p.refine, agentPath=p.agentPath or None, progressCallback=onProgress, cancel=cancel,
-                    maxSteps=p.maxSteps or None)
+                    maxSteps=p.maxSteps or None, invert=p.invertFrame)
                 if result.cancelled:
                     self.ui.resultLabel.text = _("Registration cancelled; no node was created.")
                     return

@@ -70,6 +70,11 @@ DEPTH_RESTARTS_MM = (-8.0, 8.0)
 (tz), and the best match is kept (``refined_from`` "depth restart"). Depth is the parameter a single view determines
 worst, and a refinement can settle in a local minimum a few mm deep with rotations about 1 deg off (unseen abdominal
 CT, 130 development frames: < 2 mm 0.938 -> 0.962, 11.5% of frames restarted, median time +0.03 s)."""
+INVERTED_MATCH = -0.3
+"""A frame whose match with the DRR at the initial pose (the agent's view NCC) is below this looks inverted (bright
+where the beam was less attenuated) and is refused, naming ``invert``: registered as given it ended 225 mm off. On
+180 development frames drawn like the benchmark's (chest, abdomen, processed, 0.3-3 mm pixels), 20 mm / 10 deg off,
+the lowest match was -0.09 and the 5th percentile 0.30-0.47 per set, so an inverted one reads about -0.3 to -0.7."""
 UNKNOWN_UNCERTAINTY_MM = 1e3
 """The ``log_uncertainty_mm`` feature's cap, and its value when there is no estimate (not refined)."""
 MODEL_CHECK_SPACING_MM = 1.0
@@ -179,6 +184,13 @@ class Registrar:
         check_overlap(self.agent_ct, frame.carm, init.matrix(self.centre_ras), frame.mask)
         fixed = FixedImage.from_frame(frame, settings.work_size)
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
+        _, init_match = env.look(init)
+        if init_match < INVERTED_MATCH:
+            raise MedAIInputError(
+                f"the frame looks inverted: its correlation with the CT's DRR at the initial pose is {init_match:.2f} "
+                "(bright should mean attenuating, as in a radiograph). If the frame is bright where the beam was "
+                "less attenuated (raw detector values), register it with --invert (Logic: invert=True; the module's "
+                "'Invert frame'); if it was already inverted, without")
         t_prep = time.perf_counter()
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
         t_depth = time.perf_counter()
