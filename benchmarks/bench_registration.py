@@ -21,8 +21,9 @@ step must improve the match), its greedy choices without that check, agent + ref
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
 < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
 and peak memory (each method in its own process).
-``--calibrate`` first fits the confidence model on separate cases (seed 777) and writes it into the agent card.
-Beside the confidence's ROC AUC it prints the AUC that randomness alone would leave it (:func:`confidence_auc_ceiling`).
+``--calibrate`` first fits the confidence model on separate cases (seeds 777 and 778) and writes it into the agent card.
+Beside the confidence's ROC AUC it prints the AUC that randomness alone would leave it (:func:`confidence_auc_ceiling`)
+and how well its probabilities hold (:func:`calibration_summary`); ``--json`` keeps each case's error and confidence.
 """
 from __future__ import annotations
 
@@ -234,6 +235,22 @@ def confidence_auc_ceiling(log_uncertainty_mm, mtre_mm, draws: int = 2000, seed:
             "p95": float(np.quantile(aucs, 0.95))}
 
 
+def calibration_summary(confidences, within, bins=(0.5, 0.8, 0.9, 0.95, 0.99)) -> dict | None:
+    """How well the confidence's probabilities hold: its mean against the rate within 2 mm, the Brier score, the
+    expected calibration error over the bins' edges ``bins``, and each bin's cases, mean confidence and rate."""
+    p, y = np.asarray(confidences, float), np.asarray(within, float)
+    if not len(p):
+        return None
+    index = np.digitize(p, bins)
+    table = [{"from": lo, "to": hi, "cases": int(np.sum(index == i)),
+              "mean_confidence": float(p[index == i].mean()) if np.any(index == i) else None,
+              "within_2mm": float(y[index == i].mean()) if np.any(index == i) else None}
+             for i, (lo, hi) in enumerate(zip((0.0, *bins), (*bins, 1.0)))]
+    ece = sum(row["cases"] / len(p) * abs(row["mean_confidence"] - row["within_2mm"]) for row in table if row["cases"])
+    return {"mean_confidence": float(p.mean()), "within_2mm": float(y.mean()), "brier": float(np.mean((p - y) ** 2)),
+            "ece": float(ece), "bins": table}
+
+
 def fit_confidence(rows) -> dict:
     """Logistic regression of (mtre < 2 mm) on the result's predicted uncertainty (scipy, L2-regularised)."""
     from scipy.optimize import minimize
@@ -284,6 +301,9 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label, budgets=(1.0,)) -> 
         confidence_auc=roc_auc(confidences, within), similarity_auc=roc_auc([r["similarity"] for r in rows], within),
         confidence_auc_10mm=roc_auc(confidences, [r["mtre"] < 10 for r in rows]),
         confidence_auc_ceiling=confidence_auc_ceiling([r[CONFIDENCE_FEATURE] for r in rows], [r["mtre"] for r in rows]),
+        calibration=calibration_summary(confidences, within),
+        per_case=[{k: round(float(r[k]), 5) for k in ("mtre", "agent_mtre", "confidence", CONFIDENCE_FEATURE,
+                                                      "seconds")} for r in rows],
         prepare_seconds=out["prepare_seconds"], median_steps=float(np.median([r["steps"] for r in rows])),
         median_renders=float(np.median([r.get("renders", 0) for r in rows])),
         median_refine_renders=float(np.median([r.get("refine_renders", 0) for r in rows])))
@@ -361,7 +381,7 @@ def main(argv=None) -> int:
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
         if args.ircad_cases:  # the other CT gives the failures a chest-only calibration set lacks
-            rows += run_method("agent", "ircad-1.17", make_cases("ircad-1.17", args.calibration_cases // 2,
+            rows += run_method("agent", "ircad-1.17", make_cases("ircad-1.17", args.calibration_cases,
                                                                  CALIBRATION_SEED + 1), args.agent)["rows"]
         model = fit_confidence(rows)
         _update_card(args.agent, confidence=model)
@@ -407,6 +427,13 @@ def main(argv=None) -> int:
                 print(f"{name}: confidence ROC AUC ceiling if each error were as random as its predicted uncertainty "
                       f"(scaled x{ceiling['scale']:.2f} to the observed misses): {ceiling['median']:.3f} "
                       f"(5-95% of simulated sets {ceiling['p5']:.3f}-{ceiling['p95']:.3f})")
+            calibration = r.get("calibration")
+            if calibration:
+                print(f"{name}: confidence calibration: mean {calibration['mean_confidence']:.3f} vs within 2 mm "
+                      f"{calibration['within_2mm']:.3f}, Brier {calibration['brier']:.4f}, ECE {calibration['ece']:.3f}; "
+                      + ", ".join(f"{b['from']:g}-{b['to']:g}: {b['cases']} cases"
+                                  + (f" (mean {b['mean_confidence']:.2f}, within 2 mm {b['within_2mm']:.2f})"
+                                     if b["cases"] else "") for b in calibration["bins"]))
     chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
     if "agent + refinement (baseline subset)" in chest:
         print_speed_ups(chest, args.baseline_budgets)
@@ -415,6 +442,7 @@ def main(argv=None) -> int:
             json.dump(all_results, f, indent=2)
     if args.write_card:
         old = json.loads(open(_card_path(args.agent)).read()).get("held_out", {})
+        all_results = {name: {k: v for k, v in r.items() if k != "per_case"} for name, r in all_results.items()}
         _update_card(args.agent, held_out={
             "benchmark": "python benchmarks/bench_registration.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "cases": f"frames at poses/geometries never trained on (seed {TEST_SEED}), full-resolution DRRs degraded "
