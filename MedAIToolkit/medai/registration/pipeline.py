@@ -231,7 +231,8 @@ class Registrar:
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "agent_depth": t_agent - t_depth, "refine": end - t_agent,
-             "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders),
+             "refine_iterations": float(len(refine_log)),
+             "agent_renders": float(trajectory.renders + 1),  # + the look at the initial pose that checks polarity
              "refine_renders": float(refine_renders)},
             features, refined_from, "checked" if trajectory.checked else "greedy")
 
