@@ -128,6 +128,7 @@ class Environment:
         self.centre_ras = np.asarray(centre_ras, dtype=np.float64)
         self.fixed = fixed
         self.points_ras = body_points(ct) if points_ras is None else points_ras
+        self._last_look = None  # (RAS -> C-arm matrix bytes, views, similarity)
 
     def state(self, pose: RigidPose) -> tuple[State, float]:
         """The state at ``pose`` and the image similarity (:meth:`match`)."""
@@ -135,9 +136,14 @@ class Environment:
         return self.state_of(views, pose), similarity
 
     def look(self, pose: RigidPose) -> tuple[tuple, float]:
-        """The moving views at ``pose`` (raw) and their similarity to the frame's, without building a state."""
-        views = render_views(self.ct, self.fixed, pose.matrix(self.centre_ras))
-        return views, self.match(*views)
+        """The moving views at ``pose`` (raw) and their similarity to the frame's, without building a state. The
+        last look is kept: the same pose looked at again (the pipeline's polarity check at the initial pose, then the
+        agent's first state) is not rendered twice."""
+        matrix = pose.matrix(self.centre_ras)
+        if self._last_look is None or self._last_look[0] != matrix.tobytes():
+            views = render_views(self.ct, self.fixed, matrix)
+            self._last_look = (matrix.tobytes(), views, self.match(*views))
+        return self._last_look[1], self._last_look[2]
 
     def state_of(self, views: tuple, pose: RigidPose) -> State:
         return make_state(self.fixed, *views, pose, self.centre_ras, self.points_ras)

@@ -184,7 +184,7 @@ class Registrar:
         check_overlap(self.agent_ct, frame.carm, init.matrix(self.centre_ras), frame.mask)
         fixed = FixedImage.from_frame(frame, settings.work_size)
         env = Environment(self.agent_ct, self.centre_ras, fixed, self.motion_points_ras)
-        _, init_match = env.look(init)
+        _, init_match = env.look(init)  # kept by the environment: the agent's first state reuses it
         if init_match < INVERTED_MATCH:
             raise MedAIInputError(
                 f"the frame looks inverted: its correlation with the CT's DRR at the initial pose is {init_match:.2f} "
@@ -231,8 +231,7 @@ class Registrar:
             init_pose, len(trajectory.rows) - 1, end - start, float(similarity), float(agent_similarity), confidence,
             trajectory.rows, mode, bool(refine_result), trajectory.stop_reason,
             {"frame": t_prep - start, "agent": t_agent - t_prep, "agent_depth": t_agent - t_depth, "refine": end - t_agent,
-             "refine_iterations": float(len(refine_log)),
-             "agent_renders": float(trajectory.renders + 1),  # + the look at the initial pose that checks polarity
+             "refine_iterations": float(len(refine_log)), "agent_renders": float(trajectory.renders),
              "refine_renders": float(refine_renders)},
             features, refined_from, "checked" if trajectory.checked else "greedy")
 
