@@ -2,7 +2,8 @@
 
     python benchmarks/bench_registration.py [--cases 200] [--baseline-cases 20] [--baseline-budgets 3 10]
         [--ircad-cases 50] [--finetune-minutes 5] [--calibrate] [--unseen-agent AGENT.pt] [--dose aec] [--processing]
-        [--pixels issue|issue-binned] [--json benchmarks/results/bench_registration.json]
+        [--pixels issue|issue-binned] [--ct CT [CT ...] [--ct-cases 100] [--ct-baseline-cases 0]]
+        [--json benchmarks/results/bench_registration.json]
 
 Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with SDD 900-1300 mm, SID 550-850 mm,
 a 200-420 mm detector of 192-320 pixels (0.6-2.2 mm pixels); a view within LAO/RAO +/-45 and CRA/CAU +/-25 deg;
@@ -21,6 +22,9 @@ step must improve the match), its greedy choices without that check, agent + ref
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
 < 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
 and peak memory (each method in its own process).
+``--ct`` runs the same evaluation (generic agent; fine-tuned on that CT too unless ``--finetune-minutes 0``;
+baselines with ``--ct-baseline-cases``) on any other CT: a NIfTI / NRRD / MetaImage file or a DICOM series folder,
+in HU, its frames drawn as above (seed 20261126 for the first, +1 for each next).
 ``--calibrate`` first fits the confidence model on separate cases (seeds 777 and 778) and writes it into the agent card.
 Beside the confidence's ROC AUC it prints the AUC that randomness alone would leave it (:func:`confidence_auc_ceiling`)
 and how well its probabilities hold (:func:`calibration_summary`); ``--json`` keeps each case's error and confidence.
@@ -367,6 +371,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pixels", choices=("record", "issue", "issue-binned"), default="record",
                         help="detector pixels: 192-320 across the detector (the record) or 0.3-3 mm (the issue's "
                              "range; issue-binned: the same frames with quanta in proportion to the pixel's area)")
+    parser.add_argument("--ct", nargs="+", default=[], metavar="CT",
+                        help="also evaluate on these CTs (file or DICOM series folder, in HU), e.g. one of your own")
+    parser.add_argument("--ct-cases", type=int, default=100, help="frames per --ct CT")
+    parser.add_argument("--ct-baseline-cases", type=int, default=0, help="of those, how many the baselines also run")
     parser.add_argument("--processing", action="store_true",
                         help="frames through a C-arm's image processing (dynamic-range compression, edge enhancement)")
     args = parser.parse_args(argv)
@@ -401,17 +409,18 @@ def main(argv=None) -> int:
             all_results.update(evaluate("ircad-1.17", ircad, args.unseen_agent, 0,
                                         "IRCAD CT (chest-only agent, never saw this CT)" + tag))
         if args.finetune_minutes:
-            import subprocess
-            import tempfile
-
-            folder = tempfile.mkdtemp(prefix="medai-finetune-")
-            agent_path = os.path.join(folder, "ircad-agent.pt")
-            ct_path = _ircad_path()
-            command = [sys.executable, "-m", "medai.cli", "train-agent", "--ct", ct_path, "--out", agent_path,
-                       "--minutes", str(args.finetune_minutes)] + (["--agent", args.agent] if args.agent else [])
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            agent_path = finetune_agent(_ircad_path(), args.finetune_minutes, args.agent)
             all_results.update(evaluate("ircad-1.17", ircad, agent_path, 0,
                                         f"IRCAD CT (fine-tuned {args.finetune_minutes:g} min){tag}"))
+    for number, ct_path in enumerate(args.ct):  # any other CT, e.g. a user's own
+        name = ct_name_of(ct_path)
+        cases = make_cases(ct_path, args.ct_cases, TEST_SEED + 2 + number, args.dose, args.processing, args.pixels)
+        seen = "trained on this CT" if _trained_on(args.agent, name) else "not among its training CTs"
+        all_results.update(evaluate(ct_path, cases, args.agent, args.ct_baseline_cases,
+                                    f"{name} (generic agent, {seen}){tag}", args.baseline_budgets))
+        if args.finetune_minutes:
+            all_results.update(evaluate(ct_path, cases, finetune_agent(ct_path, args.finetune_minutes, args.agent),
+                                        0, f"{name} (fine-tuned {args.finetune_minutes:g} min){tag}"))
     print_table("2D/3D registration (mTRE over body points; seconds per case, CT preparation excluded)", all_results)
     for name, r in all_results.items():
         if "confidence_auc" in r:
@@ -434,9 +443,12 @@ def main(argv=None) -> int:
                       + ", ".join(f"{b['from']:g}-{b['to']:g}: {b['cases']} cases"
                                   + (f" (mean {b['mean_confidence']:.2f}, within 2 mm {b['within_2mm']:.2f})"
                                      if b["cases"] else "") for b in calibration["bins"]))
-    chest = {k.split(': ', 1)[1]: v for k, v in all_results.items() if k.startswith(f"chest CT{tag}: ")}
-    if "agent + refinement (baseline subset)" in chest:
-        print_speed_ups(chest, args.baseline_budgets)
+    for label in dict.fromkeys(k.rsplit(": ", 1)[0] for k in all_results):
+        section = {k.rsplit(": ", 1)[1]: v for k, v in all_results.items() if k.rsplit(": ", 1)[0] == label}
+        if "agent + refinement (baseline subset)" in section:
+            if not label.startswith("chest CT"):  # the chest CT's, the record's, keep their old lines
+                print(f"{label}:")
+            print_speed_ups(section, args.baseline_budgets)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_results, f, indent=2)
@@ -465,8 +477,37 @@ def _update_card(agent_path, **entries) -> None:
 
 
 def _trained_on_ircad(agent_path) -> bool:
+    return _trained_on(agent_path, "3Dircadb1.17")
+
+
+def _trained_on(agent_path, ct_name: str) -> bool:
+    """Whether the agent's card names ``ct_name`` among its training CTs."""
     card = json.loads(open(_card_path(agent_path)).read())
-    return any("3Dircadb1.17" in name for name in card.get("data", {}).get("train_cts", []))
+    return any(ct_name in name for name in card.get("data", {}).get("train_cts", []))
+
+
+def ct_name_of(ct_path: str) -> str:
+    """A CT's name for the tables: its file name without the extension, or its DICOM folder's name (with the
+    folder above it when that is a generic name such as PATIENT_DICOM's)."""
+    path = os.path.normpath(ct_path)
+    base = os.path.basename(path)
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    parent = os.path.basename(os.path.dirname(path))
+    return f"{parent}/{base}" if parent and os.path.isdir(path) else base
+
+
+def finetune_agent(ct_path: str, minutes: float, agent_path=None) -> str:
+    """Patient-specific fine-tuning as a user runs it (``medai train-agent``): the new agent's path."""
+    import subprocess
+    import tempfile
+
+    out = os.path.join(tempfile.mkdtemp(prefix="medai-finetune-"), "agent.pt")
+    command = [sys.executable, "-m", "medai.cli", "train-agent", "--ct", ct_path, "--out", out,
+               "--minutes", str(minutes)] + (["--agent", agent_path] if agent_path else [])
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
 
 
 def _ircad_path() -> str:
