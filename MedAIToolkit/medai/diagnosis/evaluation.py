@@ -1,11 +1,15 @@
 """Held-out evaluation of a classifier on the shared chest X-rays: metrics, age-group shortcut check, heat maps."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from ..errors import MedAIInputError
 from ..io import read_xray
 from ..paths import shared_data
-from .data import labels_tensor, load_images, lung_mask, records
+from .batch import expand_inputs
+from .data import LABEL_MAPS, labels_tensor, load_images, lung_mask, records
 from .inference import Classifier, heat_mass_inside
 from .metrics import classification_report, softmax
 
@@ -74,3 +78,45 @@ def heatmap_lung_fraction(classifier: Classifier, split: str | None = None, limi
     return {"images": len(recs), "mean_fraction_in_lungs": float(np.mean(fractions)),
             "median_fraction_in_lungs": float(np.median(fractions)), "empty_maps": int(empty.sum()),
             "mean_lung_box_area_fraction": float(np.mean(areas))}
+
+
+def evaluate_folder(classifier: Classifier, folder, chunk: int = 32) -> dict:
+    """Metrics of ``classifier`` on a labelled folder of one's own: one subfolder per class, named by the task's class
+    (``COVID``, ``NORMAL``, ``OTHER_PNEUMONIA``, ``PNEUMONIA``) or by a data-set label that maps to it
+    (``PNEUMONIA_BACTERIAL``, ``PNEUMONIA_VIRAL``, ...; case-insensitive). Each image goes through the product's own
+    path (``read_xray``: DICOM, PNG, JPEG, TIFF; a grey X-ray with a few coloured pixels converted with a warning).
+
+    Returns :func:`classification_report`'s metrics of the images read, plus ``refused`` (path, error) for the images the
+    product refuses (counted in no metric), ``converted_to_grey`` (paths read with a warning) and ``skipped_folders``
+    (subfolders naming no class of the task).
+    """
+    mapping = {**{c: c for c in classifier.classes}, **LABEL_MAPS.get(classifier.task.name, {})}
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MedAIInputError(f"{folder} is not a folder (expected one subfolder of X-rays per class)")
+    arrays, names, truth, refused, converted, skipped = [], [], [], [], [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        label = mapping.get(sub.name.upper())
+        if label is None:
+            skipped.append(sub.name)
+            continue
+        for path in expand_inputs([sub]):
+            try:
+                xray = read_xray(str(path))
+            except MedAIInputError as exc:
+                refused.append((str(path), str(exc)))
+                continue
+            if xray.meta.get("warning"):
+                converted.append(str(path))
+            arrays.append(xray.array)
+            names.append(str(path))
+            truth.append(classifier.classes.index(label))
+    if not arrays:
+        raise MedAIInputError(f"no readable X-ray in a class subfolder of {folder} (classes: "
+                              f"{', '.join(sorted(mapping))}; skipped: {', '.join(skipped) or 'none'})")
+    probabilities = np.concatenate([classifier.probabilities(arrays[i:i + chunk], names[i:i + chunk])
+                                    for i in range(0, len(arrays), chunk)])
+    report = classification_report(probabilities, np.asarray(truth), classifier.classes)
+    return {**report, "refused": refused, "converted_to_grey": converted, "skipped_folders": skipped,
+            "predictions": [{"path": n, "truth": classifier.classes[t], "prediction": classifier.classes[int(p.argmax())]}
+                            for n, t, p in zip(names, truth, probabilities)]}
