@@ -173,6 +173,35 @@ def test_inverted_frame_is_refused_naming_invert_and_registers_with_it(case, cap
     assert mtre_of(np.array(result["agent_matrix"]), truth, points) < 5.0
 
 
+def test_raw_detector_frame_registers_through_its_log_with_linear(case, capsys, tmp_path):
+    """Raw detector values (photon counts, proportional to exp(-line integral)) at a low dose: refused as given, naming
+    --linear; with --linear (read through their log) within 2 mm. Merely inverted, the same frame ended 55 mm off
+    (`runs/probe_linear2.py`): only the log is linear in the CT's attenuation."""
+    line_integrals = np.load(case["frame"])
+    counts = np.random.default_rng(0).poisson(4000.0 * np.exp(-line_integrals)).astype(np.float32)
+    raw = tmp_path / "raw.npy"
+    np.save(raw, counts)
+    out = tmp_path / "raw.json"
+    args = ["register", "--ct", case["ct"], "--frame", str(raw), *INIT, *GEOMETRY, "--out", str(out)]
+    refuse(capsys, args, "looks inverted", "--linear", "--invert")
+    refuse(capsys, args + ["--linear", "--invert"], "linear alone")
+    assert main(args + ["--linear"]) == 0
+    result = json.loads(out.read_text())
+    ct = case["ct_volume"]
+    truth = Pose.from_array(TRUTH).matrix(ct.geometry.centre_ras(ct.array.shape))
+    body = np.argwhere(ct.array > -300)[::500]
+    points = (np.c_[body[:, ::-1], np.ones(len(body))] @ ct.geometry.ijk_to_ras().T)[:, :3]
+    assert mtre_of(np.array(result["matrix"]), truth, points) < 2.0
+    # a log image with negative values is no intensity: refused with --linear (a log image without them is refused
+    # as inverted, its log being the wrong way round)
+    shifted = tmp_path / "shifted.npy"
+    np.save(shifted, line_integrals - 1.0)
+    refuse(capsys, ["register", "--ct", case["ct"], "--frame", str(shifted), *INIT, *GEOMETRY, "--linear", "--out",
+                    str(out)], "never negative")
+    refuse(capsys, ["register", "--ct", case["ct"], "--frame", case["frame"], *INIT, *GEOMETRY, "--linear", "--out",
+                    str(out)], "looks inverted")
+
+
 def test_missing_and_corrupted_agent_file(case, capsys, tmp_path):
     from medai.paths import resources_dir
 

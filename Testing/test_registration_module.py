@@ -223,3 +223,25 @@ def test_load_frame_file_carries_its_geometry(case, agent_path, tmp_path):
 
     moved = RigidPose.from_pose(out.result.pose).error_to(RigidPose.from_array(TRUTH))  # C-arm frame
     np.testing.assert_allclose(moved[[2, 3, 4]], 0.0, atol=1e-6)  # no depth shift, no out-of-plane rotation
+
+
+def test_raw_detector_frame_is_read_through_its_log(case, agent_path, tmp_path):
+    """A frame of raw detector values (proportional to exp(-line integral)): loadFrame(linear=True) stores its log,
+    the DRR itself up to a constant; a node holding the raw values registers with linear=True and is refused without
+    (it looks inverted), adding no node."""
+    from medai.errors import MedAIInputError
+
+    logic, ct, frame = case
+    line_integrals = slicer.util.arrayFromVolume(frame)[0].astype(np.float64)
+    path = tmp_path / "raw.npy"
+    np.save(path, 1000.0 * np.exp(-line_integrals))
+    geometry = {"pixelSpacingMm": (3.0, 2.8), "sddMm": SDD, "sidMm": SID}
+    logged = slicer.util.arrayFromVolume(logic.loadFrame(str(path), linear=True, **geometry))[0]
+    assert np.corrcoef(logged.ravel(), line_integrals.ravel())[0, 1] > 0.9999
+    raw = logic.loadFrame(str(path), **geometry)  # stored as given
+    before = _node_ids(slicer.mrmlScene)
+    with pytest.raises(MedAIInputError, match="looks inverted"):
+        logic.register(ct, raw, TRUTH, refine=False, agentPath=agent_path, maxSteps=0)
+    assert _node_ids(slicer.mrmlScene) == before
+    out = logic.register(ct, raw, TRUTH, refine=False, agentPath=agent_path, maxSteps=0, linear=True)
+    assert out.result.similarity > 0.95

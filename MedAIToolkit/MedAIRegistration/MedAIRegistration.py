@@ -92,6 +92,7 @@ class MedAIRegistrationParameterNode:
     mode: Annotated[str, Choice(["2d3d", "2d2d"])] = "2d3d"
     refine: bool = True
     invertFrame: bool = False
+    linearFrame: bool = False
     maxSteps: Annotated[int, WithinRange(0, 500)] = 0
     agentPath: str = ""
     registrationTransform: vtkMRMLLinearTransformNode
@@ -252,7 +253,7 @@ class MedAIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 result = self.logic.register(
                     p.ctVolume, p.frameVolume, self.initialPose(), carm=self.frameGeometry(), mode=p.mode,
                     refine=p.refine, agentPath=p.agentPath or None, progressCallback=onProgress, cancel=cancel,
-                    maxSteps=p.maxSteps or None, invert=p.invertFrame)
+                    maxSteps=p.maxSteps or None, invert=p.invertFrame, linear=p.linearFrame)
                 if result.cancelled:
                     self.ui.resultLabel.text = _("Registration cancelled; no node was created.")
                     return
@@ -365,14 +366,16 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         return drrNode
 
     def loadFrame(self, path: str, name: Optional[str] = None, pixelSpacingMm=None, sddMm: Optional[float] = None,
-                  sidMm: Optional[float] = None, invert: bool = False):
+                  sidMm: Optional[float] = None, invert: bool = False, linear: bool = False):
         """Fluoroscopy frame (.dcm XA/RF/DX, .png/.jpg, .npy) -> NEW one-slice volume node, bright = attenuating,
-        carrying its C-arm geometry (DICOM tags, or the arguments) and C-arm angles for ``register``."""
+        carrying its C-arm geometry (DICOM tags, or the arguments) and C-arm angles for ``register``. ``invert``: a
+        display image with bone dark; ``linear``: raw detector values (read through their log)."""
         from medai.registration import load_frame
         from medai_slicer.loading import _default_name
         from medai_slicer.registration_nodes import add_frame_node
 
-        frame = load_frame(path, pixel_spacing=pixelSpacingMm, sdd_mm=sddMm, sid_mm=sidMm, invert=invert)
+        frame = load_frame(path, pixel_spacing=pixelSpacingMm, sdd_mm=sddMm, sid_mm=sidMm, invert=invert,
+                           linear=linear)
         node = add_frame_node(slicer.mrmlScene, frame, name or _default_name(path), path)
         logging.info(f"Loaded frame '{node.GetName()}' {frame.image.shape} from {path}")
         return node
@@ -442,7 +445,7 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
     def register(self, ctVolumeNode, frameVolumeNode, initialPose=None, carm=None, mode: str = "2d3d",
                  refine: bool = True, agentPath: Optional[str] = None, progressCallback=None, cancel=None,
                  maxSteps: Optional[int] = None, invert: bool = False, show: bool = True,
-                 greedy: bool = False) -> RegistrationOutcome:
+                 greedy: bool = False, linear: bool = False) -> RegistrationOutcome:
         """Register a one-slice fluoroscopy frame node to a CT node: the agent, then (``refine``) refinement.
 
         ``initialPose``: 6 numbers (tx ty tz rx ry rz, docs/pose_convention.md), a linear transform node holding
@@ -450,7 +453,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
         earlier registration transforms do), or None: the frame's C-arm angles (DICOM positioner attributes),
         else the zero (AP) pose. ``carm``: the frame's ``CArmGeometry``, else read from the frame node.
         ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (then no node is created).
-        ``maxSteps``: agent step budget (None: the agent's own). ``invert``: the frame is bright = air.
+        ``maxSteps``: agent step budget (None: the agent's own). ``invert``: the frame is a display image bright = air;
+        ``linear``: the frame holds raw detector values, proportional to the detected intensity (read through their log).
         ``greedy``: the agent's best action at every step, without checking that the match improves.
 
         Creates NEW nodes: transform "<CT> registration" (= inverse(M_init) @ M_result, which the CT is set to
@@ -486,7 +490,8 @@ class MedAIRegistrationLogic(ScriptedLoadableModuleLogic):
             return bool(stopped)
 
         pixels = slicer.util.arrayFromVolume(frameVolumeNode)[0]
-        frame = frame_from_array(pixels, carm, frame_meta(frameVolumeNode), invert, source=frameVolumeNode.GetName())
+        frame = frame_from_array(pixels, carm, frame_meta(frameVolumeNode), invert, source=frameVolumeNode.GetName(),
+                                 linear=linear)
         progress(0.0, _("Preparing the CT..."))
         agentKey, agent = self._agent(agentPath)
         registrar = self._registrar(ctVolumeNode, agentKey, agent)

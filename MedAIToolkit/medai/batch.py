@@ -206,21 +206,22 @@ def _column(label: str, unit: str) -> str:
 
 def register_row(item: Item) -> dict:
     """A register manifest row's frame geometry and initial pose: pixel_spacing (list or None), sdd_mm, sid_mm,
-    invert, init (six numbers, or None: the frame's positioner angles)."""
+    invert, linear, init (six numbers, or None: the frame's positioner angles)."""
     f = item.fields
     number = lambda key: float(f[key]) if f.get(key) not in (None, "") else None  # noqa: E731
+    flag = lambda key: str(f.get(key, "")).lower() in ("1", "true", "yes")  # noqa: E731
     init = [number(k) for k in POSE_COLUMNS]
     if any(v is None for v in init) and not all(v is None for v in init):
         raise MedAIInputError(f"{item.path}: give all six of {', '.join(POSE_COLUMNS)} or none")
     return {"pixel_spacing": [float(v) for v in str(f.get("pixel_spacing") or "").replace(",", " ").split()] or None,
             "sdd_mm": number("sdd"), "sid_mm": number("sid"),
-            "invert": str(f.get("invert", "")).lower() in ("1", "true", "yes"),
+            "invert": flag("invert"), "linear": flag("linear"),
             "init": None if init[0] is None else init}
 
 
 class RegisterTask(Task):
     """Manifest rows: ct, frame, tx ty tz rx ry rz (initial pose; empty: the frame's positioner angles), and
-    optional pixel_spacing, sdd, sid, invert. One Registrar per CT (the last one kept: sort the manifest by CT)."""
+    optional pixel_spacing, sdd, sid, invert, linear. One Registrar per CT (the last one kept: sort the manifest by CT)."""
 
     fields = ["ct", "confidence", "similarity", "steps", *POSE_COLUMNS]
 
@@ -237,7 +238,7 @@ class RegisterTask(Task):
 
         row = register_row(item)
         frame = load_frame(item.path, pixel_spacing=row["pixel_spacing"], sdd_mm=row["sdd_mm"], sid_mm=row["sid_mm"],
-                           invert=row["invert"])
+                           invert=row["invert"], linear=row["linear"])
         return frame, row["init"]
 
     def registrar(self, ct_path: str):

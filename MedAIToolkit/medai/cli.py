@@ -122,7 +122,7 @@ def _cmd_register(args) -> int:
     spacing = args.pixel_spacing
     if spacing is not None and len(spacing) not in (1, 2):
         raise MedAIInputError(f"--pixel-spacing takes one or two values, got {len(spacing)}")
-    frame = load_frame(args.frame, args.size, spacing, args.sdd, args.sid, args.invert)
+    frame = load_frame(args.frame, args.size, spacing, args.sdd, args.sid, args.invert, args.linear)
     if args.init is not None:
         init = Pose.from_array(args.init)
     elif args.angles is not None:
@@ -270,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM", help="detector pixel spacing")
     register.add_argument("--sdd", type=float, help="source-to-detector distance (mm)")
     register.add_argument("--sid", type=float, help="source-to-isocentre distance (mm)")
-    register.add_argument("--invert", action="store_true", help="the frame is bright = less attenuation (raw fluoro)")
+    register.add_argument("--invert", action="store_true",
+                          help="a display image bright where the beam was less attenuated (bone dark): flipped")
+    register.add_argument("--linear", action="store_true",
+                          help="raw detector values, proportional to the detected intensity: log-transformed "
+                               "(DICOM frames say so in their tags)")
     register.add_argument("--agent", help="agent file (default: the shipped generic agent)")
     register.add_argument("--no-refine", action="store_true", help="agent only, no intensity-based refinement")
     register.add_argument("--mode", choices=["2d3d", "2d2d"], default="2d3d")
@@ -320,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("kind", choices=["segment", "diagnose", "register"])
     batch.add_argument("inputs", nargs="*", help="files or folders (segment, diagnose)")
     batch.add_argument("--manifest", help="CSV of items: column 'path' (segment, diagnose) or ct, frame, tx ty tz rx "
-                                          "ry rz, pixel_spacing, sdd, sid, invert (register); relative to the CSV")
+                                          "ry rz, pixel_spacing, sdd, sid, invert, linear (register); relative to the CSV")
     batch.add_argument("--csv", required=True, help="results CSV (appended as items finish; rerun to resume)")
     batch.add_argument("--out", help="output folder (segmentations, heat maps, registration JSON)")
     batch.add_argument("--task", help="segment / diagnose task")

@@ -4,7 +4,10 @@ Whatever the file, :class:`Frame.image` is "bright = attenuating" (like a DRR of
 - DICOM XA/RF: MONOCHROME1 is inverted on reading; Pixel Intensity Relationship LIN (proportional to the detected
   intensity) is log-transformed, LOG is used as is; Pixel Intensity Relationship Sign +1 (low value = low beam
   intensity = more attenuation) is flipped. SDD, SID, pixel spacing and positioner angles come from the tags.
-- PNG/JPEG/NPY: "bright = attenuating" unless ``invert`` (then flipped).
+- PNG/JPEG/NPY: "bright = attenuating" unless ``invert`` (a display image with bone dark: flipped) or ``linear``
+  (raw detector values, proportional to the detected intensity: log-transformed, as DICOM's LIN). Only a log image
+  is linear in the CT's attenuation: a raw frame merely flipped (bright = dense, but exp-compressed) left the dense
+  regions' contrast to the noise and, on a low-dose sample frame, ended 55 mm off where its log ended 0.5 mm off.
 The collimator / image-intensifier border (constant pixels connected to the image edge) is detected and left out
 of every similarity (:attr:`Frame.mask`).
 """
@@ -56,11 +59,16 @@ def field_mask(image: np.ndarray, tolerance: float = 0.01, erode_px: int = 2) ->
     return mask
 
 
-def to_attenuation(pixels: np.ndarray, meta: dict | None = None, invert: bool = False) -> np.ndarray:
-    """Pixel values -> "bright = attenuating" float32, following the DICOM intensity tags when present."""
+def to_attenuation(pixels: np.ndarray, meta: dict | None = None, invert: bool = False,
+                   linear: bool = False) -> np.ndarray:
+    """Pixel values -> "bright = attenuating" float32, following the DICOM intensity tags when present; ``linear``:
+    the values are proportional to the detected intensity (as the LIN tag says), so their log is taken."""
+    if invert and linear:
+        raise MedAIInputError("invert and linear together: a linear (raw detector) frame is read through its log, "
+                              "which is already bright where the beam was attenuated; give linear alone")
     meta = meta or {}
     image = np.asarray(pixels, dtype=np.float64)
-    relationship = str(meta.get("pixel_intensity_relationship") or "").upper()
+    relationship = "LIN" if linear else str(meta.get("pixel_intensity_relationship") or "").upper()
     sign = meta.get("pixel_intensity_relationship_sign")
     if relationship == "LIN":  # proportional to detected intensity: line integral = -log(I / I0)
         positive = image - image.min() + 1.0
@@ -74,8 +82,9 @@ def to_attenuation(pixels: np.ndarray, meta: dict | None = None, invert: bool = 
 
 
 def frame_from_array(pixels: np.ndarray, carm: CArmGeometry, meta: dict | None = None, invert: bool = False,
-                     nominal_pose: Pose | None = None, source: str = "frame") -> Frame:
-    """A :class:`Frame` from a 2D array and its C-arm geometry (checks values and the detector size)."""
+                     nominal_pose: Pose | None = None, source: str = "frame", linear: bool = False) -> Frame:
+    """A :class:`Frame` from a 2D array and its C-arm geometry (checks values and the detector size); ``invert`` and
+    ``linear`` as in :func:`to_attenuation`."""
     pixels = np.asarray(pixels)
     if pixels.ndim == 3 and 1 in pixels.shape:
         pixels = pixels.reshape([n for n in pixels.shape if n != 1] or [1])
@@ -92,7 +101,11 @@ def frame_from_array(pixels: np.ndarray, carm: CArmGeometry, meta: dict | None =
     if (carm.height, carm.width) != pixels.shape:
         raise MedAIInputError(f"{source}: the frame is {pixels.shape[0]} x {pixels.shape[1]} pixels but the C-arm "
                               f"geometry describes a {carm.height} x {carm.width} detector")
-    image = to_attenuation(pixels, meta, invert)
+    if linear and float(pixels.min()) < 0:
+        raise MedAIInputError(f"{source}: linear (raw detector) values are intensities, never negative; this frame "
+                              f"goes down to {float(pixels.min()):g} (a log or display image: register it without "
+                              "linear)")
+    image = to_attenuation(pixels, meta, invert, linear)
     mask = field_mask(image)
     if mask.mean() < MIN_FIELD_FRACTION:
         raise MedAIInputError(f"{source}: the exposed field covers only {100 * mask.mean():.1f}% of the frame "
@@ -101,8 +114,9 @@ def frame_from_array(pixels: np.ndarray, carm: CArmGeometry, meta: dict | None =
 
 
 def load_frame(path: str, size=None, pixel_spacing=None, sdd_mm: float | None = None, sid_mm: float | None = None,
-               invert: bool = False) -> Frame:
-    """Read a frame (.dcm XA/RF/DX, .png/.jpg, .npy); DICOM tags give the geometry, arguments fill or override it.
+               invert: bool = False, linear: bool = False) -> Frame:
+    """Read a frame (.dcm XA/RF/DX, .png/.jpg, .npy); DICOM tags give the geometry, arguments fill or override it;
+    ``invert`` and ``linear`` as in :func:`to_attenuation`.
 
     Raises :class:`MedAIInputError` naming what is missing (e.g. a PNG without ``pixel_spacing``/``sdd``/``sid``).
     """
@@ -145,7 +159,7 @@ def load_frame(path: str, size=None, pixel_spacing=None, sdd_mm: float | None = 
     nominal = None
     if meta.get("positioner_primary_angle_deg") is not None or meta.get("positioner_secondary_angle_deg") is not None:
         nominal = pose_from_positioner(meta.get("positioner_primary_angle_deg"), meta.get("positioner_secondary_angle_deg"))
-    return frame_from_array(pixels, carm, meta, invert, nominal, source=path)
+    return frame_from_array(pixels, carm, meta, invert, nominal, source=path, linear=linear)
 
 
 def _intensity_tags(path: str) -> dict:

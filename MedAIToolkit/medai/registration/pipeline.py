@@ -188,9 +188,10 @@ class Registrar:
         if init_match < INVERTED_MATCH:
             raise MedAIInputError(
                 f"the frame looks inverted: its correlation with the CT's DRR at the initial pose is {init_match:.2f} "
-                "(bright should mean attenuating, as in a radiograph). If the frame is bright where the beam was "
-                "less attenuated (raw detector values), register it with --invert (Logic: invert=True; the module's "
-                "'Invert frame'); if it was already inverted, without")
+                "(bright should mean attenuating, as in a radiograph). If it holds raw detector values (proportional "
+                "to the beam's intensity), register it with --linear (Logic: linear=True; the module's 'Raw detector "
+                "values'); if it is a display image bright where the beam was less attenuated, with --invert (Logic: "
+                "invert=True; the module's 'Invert frame'); if it was already inverted, without")
         t_prep = time.perf_counter()
         agent_pose, trajectory = run_agent(self.agent, env, init, mode, max_steps, cancel, on_step, checked)
         t_depth = time.perf_counter()
