@@ -2,7 +2,7 @@
 
     python benchmarks/bench_registration.py [--cases 200] [--baseline-cases 20] [--baseline-budgets 3 10]
         [--ircad-cases 50] [--finetune-minutes 5] [--calibrate] [--unseen-agent AGENT.pt] [--dose aec] [--processing]
-        [--pixels issue|issue-binned] [--ct CT [CT ...] [--ct-cases 100] [--ct-baseline-cases 0]]
+        [--pixels issue|issue-binned] [--collimation lead] [--ct CT [CT ...] [--ct-cases 100] [--ct-baseline-cases 0]]
         [--json benchmarks/results/bench_registration.json]
 
 Cases (seed 20261124, apart from the training seeds 0 and 10000+): a C-arm with SDD 900-1300 mm, SID 550-850 mm,
@@ -16,7 +16,9 @@ automatic exposure control as on a real C-arm (same poses and C-arms; section la
 compression and edge enhancement, settings drawn per case: ``augment.random_processing``; labels say "C-arm
 processing"). ``--pixels issue`` draws the detector pixel from the issue's whole range, 0.3-3 mm after binning
 (67-1400 pixels across), instead of the record's 192-320 pixels; ``--pixels issue-binned``, the same frames with
-quanta per pixel in proportion to its area, as binning adds them up.
+quanta per pixel in proportion to its area, as binning adds them up. ``--collimation lead``: the same frames, but
+what lies beyond their collimator blades and intensifier circle is not blanked: it is the anatomy through 3-6 log
+units of lead (0.25-5% of the quanta), with a 1.5 mm penumbra, as where a C-arm does not blank it.
 mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone (checked inference, as shipped: every
 step must improve the match), its greedy choices without that check, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
@@ -40,6 +42,7 @@ import sys
 import time
 
 import numpy as np
+from scipy import ndimage
 from medai.registration.pipeline import CONFIDENCE_FEATURE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +75,8 @@ RECORD_PIXEL_MM = 1.2
 pixel sums those of the pixels it bins."""
 
 
-def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False, pixels: str = "record"):
+def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing: bool = False, pixels: str = "record",
+               collimation: str = "blanked"):
     """Frames (list of dicts: image, carm, truth pose, init pose), rendered from the full-resolution CT; ``dose``:
     the frames' quantum noise at a fixed tube output or under automatic exposure control
     (:func:`medai.registration.augment.fluoroscopy_like`); ``processing``: C-arm image processing (settings from
@@ -80,7 +84,9 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
     C-arms: the AEC or processed frame is degraded from the generator's state before the fixed-dose frame, which keeps
     the sequence. ``pixels``: "record", 192-320 pixels across the detector (0.6-2.2 mm), or "issue", pixels drawn
     from :data:`PIXEL_RANGE_MM` (67-1400 pixels across; other poses and C-arms than the record's), or
-    "issue-binned", the same frames with quanta per pixel in proportion to its area (:data:`RECORD_PIXEL_MM`)."""
+    "issue-binned", the same frames with quanta per pixel in proportion to its area (:data:`RECORD_PIXEL_MM`).
+    ``collimation``: "blanked" (flat beyond the collimator) or "lead" (the same collimation, not blanked: 3-6 log
+    units of lead added to the line integrals beyond it, drawn by a generator of their own, before the noise)."""
     from medai.drr import CArmGeometry, Pose, prepare_ct, render
     from medai.errors import MedAIInputError
     from medai.registration.augment import fluoroscopy_like, random_processing
@@ -108,13 +114,20 @@ def make_cases(ct_name: str, n: int, seed: int, dose: str = "fixed", processing:
             continue
         state = rng.bit_generator.state
         image, _ = fluoroscopy_like(line_integrals, rng)
-        if dose != "fixed" or processing or pixels == "issue-binned":
+        if dose != "fixed" or processing or pixels == "issue-binned" or collimation == "lead":
             replay = np.random.default_rng()
             replay.bit_generator.state = state
             settings = random_processing(np.random.default_rng([seed, len(cases)])) if processing else None
             scale = (carm.row_spacing_mm * carm.col_spacing_mm / RECORD_PIXEL_MM ** 2
                      if pixels == "issue-binned" else 1.0)
-            image, _ = fluoroscopy_like(line_integrals, replay, dose=dose, processing=settings, quanta_scale=scale)
+            image, field = fluoroscopy_like(line_integrals, replay, dose=dose, processing=settings,
+                                            quanta_scale=scale)
+            if collimation == "lead" and not field.all():
+                replay.bit_generator.state = state
+                lead = ndimage.gaussian_filter((~field).astype(np.float64), 1.5 / carm.row_spacing_mm)
+                lead *= np.random.default_rng([seed, len(cases), 1]).uniform(3.0, 6.0)
+                image, _ = fluoroscopy_like(line_integrals + lead, replay, dose=dose, processing=settings,
+                                            quanta_scale=scale, collimate=False)
         cases.append({"image": image, "carm": carm.to_dict(), "truth": truth.as_array(), "init": nominal.as_array(),
                       "view": (primary, secondary)})
     return cases
@@ -375,16 +388,20 @@ def main(argv=None) -> int:
                         help="also evaluate on these CTs (file or DICOM series folder, in HU), e.g. one of your own")
     parser.add_argument("--ct-cases", type=int, default=100, help="frames per --ct CT")
     parser.add_argument("--ct-baseline-cases", type=int, default=0, help="of those, how many the baselines also run")
+    parser.add_argument("--collimation", choices=("blanked", "lead"), default="blanked",
+                        help="beyond the collimator: blanked (flat, the record) or the anatomy through lead")
     parser.add_argument("--processing", action="store_true",
                         help="frames through a C-arm's image processing (dynamic-range compression, edge enhancement)")
     args = parser.parse_args(argv)
     args.baseline_budgets = sorted({1.0, *args.baseline_budgets})
-    if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing or args.pixels != "record"):
+    if (args.write_card or args.calibrate) and (args.dose != "fixed" or args.processing or args.pixels != "record"
+                                                or args.collimation != "blanked"):
         parser.error("--write-card and --calibrate record the fixed-dose, unprocessed benchmark; run --dose aec, "
-                     "--processing or --pixels without them")
+                     "--processing, --pixels or --collimation without them")
     pixels = {"issue": " (pixels %g-%g mm)" % PIXEL_RANGE_MM,
               "issue-binned": " (pixels %g-%g mm, binned quanta)" % PIXEL_RANGE_MM}.get(args.pixels, "")
-    tag = (" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "") + pixels
+    tag = ((" (AEC dose)" if args.dose == "aec" else "") + (" (C-arm processing)" if args.processing else "") + pixels
+           + (" (collimation not blanked)" if args.collimation == "lead" else ""))
     all_results = {}
     if args.calibrate:
         rows = run_method("agent", "chest", make_cases("chest", args.calibration_cases, CALIBRATION_SEED), args.agent)["rows"]
@@ -396,13 +413,13 @@ def main(argv=None) -> int:
         print(f"confidence model written to {os.path.relpath(_card_path(args.agent), os.path.dirname(HERE))}: {model}")
     if args.cases:  # 0: the abdominal CT alone (e.g. more of its cases)
         t0 = time.time()
-        cases = make_cases("chest", args.cases, TEST_SEED, args.dose, args.processing, args.pixels)
+        cases = make_cases("chest", args.cases, TEST_SEED, args.dose, args.processing, args.pixels, args.collimation)
         print(f"{len(cases)} chest-CT frames rendered in {time.time() - t0:.0f} s")
         all_results.update(evaluate("chest", cases, args.agent, args.baseline_cases, "chest CT" + tag,
                                     args.baseline_budgets))
     if args.ircad_cases:
         ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose, args.processing,
-                           args.pixels)
+                           args.pixels, args.collimation)
         seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"
         all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen}){tag}"))
         if args.unseen_agent:  # how an agent does on a CT it never saw, when the generic one trained on IRCAD
@@ -414,7 +431,8 @@ def main(argv=None) -> int:
                                         f"IRCAD CT (fine-tuned {args.finetune_minutes:g} min){tag}"))
     for number, ct_path in enumerate(args.ct):  # any other CT, e.g. a user's own
         name = ct_name_of(ct_path)
-        cases = make_cases(ct_path, args.ct_cases, TEST_SEED + 2 + number, args.dose, args.processing, args.pixels)
+        cases = make_cases(ct_path, args.ct_cases, TEST_SEED + 2 + number, args.dose, args.processing, args.pixels,
+                           args.collimation)
         seen = "trained on this CT" if _trained_on(args.agent, name) else "not among its training CTs"
         all_results.update(evaluate(ct_path, cases, args.agent, args.ct_baseline_cases,
                                     f"{name} (generic agent, {seen}){tag}", args.baseline_budgets))

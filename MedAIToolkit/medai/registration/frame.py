@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from ..drr.geometry import CArmGeometry, Pose, pose_from_positioner
 from ..errors import MedAIInputError
+from .collimation import collimated_mask
 
 MIN_FIELD_FRACTION = 0.05
 """A frame whose exposed field covers less than this share of the image is refused."""
@@ -39,7 +40,9 @@ class Frame:
 
 def field_mask(image: np.ndarray, tolerance: float = 0.01, erode_px: int = 2) -> np.ndarray:
     """Exposed field of ``image``: everything except flat regions connected to the border whose value is the
-    border's typical value (collimator blades, the dark ring outside an image intensifier)."""
+    border's typical value (blanked collimator blades, the dark ring outside an image intensifier), and what lies
+    beyond the edge of a blade or of an intensifier's circle that was not blanked
+    (:func:`medai.registration.collimation.collimated_mask`)."""
     low, high = float(image.min()), float(image.max())
     span = max(high - low, 1e-12)
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
@@ -54,6 +57,7 @@ def field_mask(image: np.ndarray, tolerance: float = 0.01, erode_px: int = 2) ->
         outside = np.isin(labels, edge_labels)
         if outside.mean() > 0.002:  # a few flat edge pixels are anatomy (air), not a collimator
             mask &= ~outside
+    mask &= ~collimated_mask(image, blanked=~mask)
     if erode_px:
         mask = ndimage.binary_erosion(mask, iterations=erode_px, border_value=1)
     return mask
