@@ -8,8 +8,9 @@ Whatever the file, :class:`Frame.image` is "bright = attenuating" (like a DRR of
   (raw detector values, proportional to the detected intensity: log-transformed, as DICOM's LIN). Only a log image
   is linear in the CT's attenuation: a raw frame merely flipped (bright = dense, but exp-compressed) left the dense
   regions' contrast to the noise and, on a low-dose sample frame, ended 55 mm off where its log ended 0.5 mm off.
-The collimator / image-intensifier border (constant pixels connected to the image edge) is detected and left out
-of every similarity (:attr:`Frame.mask`).
+The collimator / image-intensifier border is detected and left out of every similarity (:attr:`Frame.mask`): blanked,
+as constant pixels connected to the image edge; not blanked (the anatomy seen through lead), by the shape of its edge
+(:mod:`medai.registration.collimation`).
 """
 from __future__ import annotations
 
