@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_registration  # noqa: E402
@@ -14,6 +15,7 @@ def test_ct_name_of():
     assert bench_registration.ct_name_of("a/b/pelvis_2mm.NRRD") == "pelvis_2mm"
 
 
+@pytest.mark.slow  # 85 s: six processes (agent, greedy, refinement alone, three baselines) on 3 frames
 def test_benchmark_on_a_ct_of_ones_own(tmp_path, capsys):
     """The embedded sample CT given as ``--ct``: 3 frames, every method's row, the speed-up against Powell on it."""
     from medai.samples import sample_path
