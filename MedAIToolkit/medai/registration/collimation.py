@@ -132,7 +132,8 @@ def _settled(samples: np.ndarray, depth: int, positions: np.ndarray, step: float
         values = samples[rows][:, positions]
         return np.nanmedian(np.abs(np.diff(values, axis=1))) if values.size else np.nan
 
-    beyond, inside = texture(slice(max(depth - BAND_PX - 1, 0), depth - 1)), texture(slice(depth + 1, depth + BAND_PX + 1))
+    beyond = texture(slice(max(depth - BAND_PX - 1, 0), depth - 1))
+    inside = texture(slice(depth + 1, depth + BAND_PX + 1))
     if np.isfinite(beyond) and np.isfinite(inside) and beyond <= 0.25 * inside:
         return MARGIN_PX
     profile = np.nanmedian(samples[depth:depth + 16][:, positions], 1)
