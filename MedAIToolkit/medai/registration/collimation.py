@@ -59,8 +59,7 @@ of where it levels off."""
 
 def _noise(x: np.ndarray) -> float:
     """Robust pixel noise of the working image: MAD of the residual from a 1-px smoothing."""
-    residual = x - ndimage.gaussian_filter(np.nan_to_num(x, nan=float(np.nanmedian(x))), 1.0)
-    residual = residual[np.isfinite(residual)]
+    residual = x - ndimage.gaussian_filter(x, 1.0)
     return float(1.4826 * np.median(np.abs(residual - np.median(residual)))) + 1e-12
 
 
@@ -227,11 +226,7 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
     height, width = image.shape
     scale = max(height, width) / WORK_PX
     x = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 * scale), 1 / scale, order=1) if scale > 1 else image.copy()
-    known = np.zeros(x.shape, bool)
-    if blanked is not None and blanked.any():
-        rows = np.minimum(((np.arange(x.shape[0]) + 0.5) * height / x.shape[0]).astype(int), height - 1)
-        cols = np.minimum(((np.arange(x.shape[1]) + 0.5) * width / x.shape[1]).astype(int), width - 1)
-        known = blanked[np.ix_(rows, cols)]
+    known = _nearest(blanked, x.shape) if blanked is not None and blanked.any() else np.zeros(x.shape, bool)
     new = lambda region: not known.any() or np.mean(known[region]) < 0.8  # noqa: E731
     low, high = np.percentile(x, [1, 99])
     x = (x - low) / max(high - low, 1e-12)
@@ -252,8 +247,11 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
         if ring is not None:
             beyond |= ring if new(ring) else known & ring
             circle = False
-    if not beyond.any():
-        return np.zeros(image.shape, bool)
-    rows = np.minimum((np.arange(height) + 0.5) * beyond.shape[0] / height, beyond.shape[0] - 1).astype(int)
-    cols = np.minimum((np.arange(width) + 0.5) * beyond.shape[1] / width, beyond.shape[1] - 1).astype(int)
-    return beyond[np.ix_(rows, cols)]
+    return _nearest(beyond, image.shape) if beyond.any() else np.zeros(image.shape, bool)
+
+
+def _nearest(mask: np.ndarray, shape) -> np.ndarray:
+    """``mask`` resampled to ``shape`` by nearest pixel centres (between the frame's grid and the working one)."""
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(int), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(int), mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)]
