@@ -420,7 +420,7 @@ def main(argv=None) -> int:
     if args.ircad_cases:
         ircad = make_cases("ircad-1.17", args.ircad_cases, TEST_SEED + 1, args.dose, args.processing,
                            args.pixels, args.collimation)
-        seen = "trained on this CT" if _trained_on_ircad(args.agent) else "held out"
+        seen = "trained on this CT" if _trained_on(args.agent, "3Dircadb1.17") else "held out"
         all_results.update(evaluate("ircad-1.17", ircad, args.agent, 0, f"IRCAD CT (generic agent, {seen}){tag}"))
         if args.unseen_agent:  # how an agent does on a CT it never saw, when the generic one trained on IRCAD
             all_results.update(evaluate("ircad-1.17", ircad, args.unseen_agent, 0,
@@ -492,10 +492,6 @@ def _update_card(agent_path, **entries) -> None:
     card = json.loads(open(path).read())
     card.update(entries)
     open(path, "w").write(json.dumps(card, indent=2) + "\n")
-
-
-def _trained_on_ircad(agent_path) -> bool:
-    return _trained_on(agent_path, "3Dircadb1.17")
 
 
 def _trained_on(agent_path, ct_name: str) -> bool:
