@@ -51,6 +51,20 @@ def test_blades_and_circle_are_found_and_left_out(line_integrals):
     assert mask[ndimage.binary_erosion(field, iterations=10)].mean() > 0.95  # the field is in
 
 
+@pytest.mark.parametrize("radius", [0.45, 0.58])
+def test_off_centre_intensifier_is_found(line_integrals, radius):
+    """An intensifier's circle whose centre lies between the searched grid's points (3.5% and 3% of the image off
+    its centre), inside the image (0.45) or cut by it on every side, leaving four corner arcs (0.58)."""
+    shape = line_integrals.shape
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    field = np.hypot(rows - 0.535 * shape[0], cols - 0.47 * shape[1]) < radius * shape[0]
+    lead = ndimage.gaussian_filter((~field).astype(float), 1.5) * 4.0
+    image, _ = fluoroscopy_like(line_integrals + lead, np.random.default_rng(5), collimate=False)
+    found = collimated_mask(image)
+    assert found[~field].mean() > 0.95  # the region beyond the circle
+    assert not found[ndimage.binary_erosion(field, iterations=10)].any()  # nothing more than the edge's margin
+
+
 def test_open_frame_keeps_its_field(line_integrals):
     for seed in range(3):
         image, _ = fluoroscopy_like(line_integrals, np.random.default_rng(seed), collimate=False)

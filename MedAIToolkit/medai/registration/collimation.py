@@ -38,14 +38,21 @@ MIN_LENGTH = 0.5
 MIN_ARC = 0.25
 """An intensifier's edge must step up along an arc of at least this share of the image's smaller side."""
 MIN_CIRCLE_STEP = 0.24
-"""MIN_STEP for an intensifier's edge, twice as high: its arcs are short where blades cut the field, and a chest's
-rib cage is round too (bright chest wall beyond, dark lung inside)."""
+"""MIN_STEP for an intensifier's edge shorter than :data:`LONG_ARC`, twice as high: its arcs are short where blades
+cut the field, and a chest's rib cage is round too (bright chest wall beyond, dark lung inside)."""
+LONG_ARC = 0.5
+"""An intensifier's edge that steps up along at least this share of its circle needs only MIN_STEP: the
+intensifier's step can be small where the field inside is bright (0.15-0.25 on development frames whose circle, 70-75%
+of it in the image, went unfound), and anatomy does not step up along half a circle (80 open chest and abdominal
+development frames, `runs/fp_coll.py`, seeds 54545 / 54546: no circle found on any, with or without this rule)."""
 MAX_DEPTH = 0.4
 """Shutters are searched up to this share of the image's extent from each side."""
 ANGLES_DEG = np.arange(-15.0, 15.1, 2.5)
 """Blade angles searched, relative to each side."""
-CIRCLE_CENTRES = np.linspace(-0.08, 0.08, 3)
-"""Image-intensifier centres searched, as offsets from the image centre (share of the image's size)."""
+CIRCLE_CENTRES = np.linspace(-0.08, 0.08, 5)
+"""Image-intensifier centres searched first, as offsets from the image centre (share of the image's size), then
+refined. A 3 x 3 grid (spacing 0.08) missed plain circles 3 px (working) from its nearest centre: the edge left the
+compared bands along part of the circle, which then failed MIN_CONSISTENCY before the centre could be refined."""
 MARGIN_PX = 2.0
 """Working pixels inside a found edge also left out, at least; more where the edge's blur reaches further in
 (:func:`_settled`): a few mm of lead step many times the anatomy's contrast, so even its blurred tail misleads."""
@@ -73,11 +80,10 @@ def _end_runs(flags: np.ndarray, valid: np.ndarray) -> int:
     return int(np.argmin(values) + np.argmin(values[::-1]))
 
 
-def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True):
-    """On a (D, S) grid sampled along candidate edges at depths 0..D-1 from the outside in (NaN outside the image),
-    the depth whose band beyond (d-BAND..d-1) is brighter than the band inside (d..d+BAND-1) by more than ``threshold``
-    at >= ``min_valid`` positions and at >= MIN_CONSISTENCY of its valid positions (those in another edge's shadow
-    aside), with the largest median step there: (step, depth, the positions where it is brighter) or None."""
+def _bands(samples: np.ndarray):
+    """On a (D, S) grid sampled along candidate edges at depths 0..D-1 from the outside in (NaN outside the image):
+    the depths d compared, the mean of the band beyond each (d-BAND..d-1) and inside it (d..d+BAND-1), and where both
+    bands are wholly in the image; None when the grid is too shallow."""
     finite = np.isfinite(samples)
     values = np.where(finite, samples, 0.0)
     total = np.vstack([np.zeros((1, samples.shape[1])), np.cumsum(values, 0)])
@@ -88,6 +94,18 @@ def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: boo
     beyond = (total[d] - total[d - BAND_PX]) / BAND_PX
     inside = (total[d + BAND_PX] - total[d]) / BAND_PX
     valid = ((count[d] - count[d - BAND_PX]) == BAND_PX) & ((count[d + BAND_PX] - count[d]) == BAND_PX)
+    return d, beyond, inside, valid
+
+
+def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True):
+    """On a (D, S) grid sampled along candidate edges (see :func:`_bands`), the depth whose band beyond is brighter
+    than the band inside by more than ``threshold`` at >= ``min_valid`` positions and at >= MIN_CONSISTENCY of its
+    valid positions (those in another edge's shadow aside), with the largest median step there: (step, depth, the
+    positions where it is brighter) or None."""
+    bands = _bands(samples)
+    if bands is None:
+        return None
+    d, beyond, inside, valid = bands
     diff = np.where(valid, beyond - inside, 0.0)
     brighter = valid & (diff > threshold)
     n_brighter = brighter.sum(1)
@@ -150,7 +168,8 @@ def _accept(samples: np.ndarray, threshold: float, min_valid: int, lines: bool =
     if found is None:
         return None
     step, depth, positions = found
-    if step < (MIN_STEP if lines else MIN_CIRCLE_STEP) or _spread(samples, depth, positions) > MAX_SPREAD_PX:
+    min_step = MIN_STEP if lines or positions.sum() >= LONG_ARC * samples.shape[1] else MIN_CIRCLE_STEP
+    if step < min_step or _spread(samples, depth, positions) > MAX_SPREAD_PX:
         return None
     return step, depth, _settled(samples, depth, positions, step)
 
@@ -186,34 +205,59 @@ def _straight_edges(x: np.ndarray, threshold: float, sides) -> dict:
     return found_sides
 
 
+def _circle_samples(x: np.ndarray, centre, radii: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """(len(radii), len(phi)) samples of ``x`` on circles about ``centre`` (NaN outside the image)."""
+    height, width = x.shape
+    points = np.stack([centre[0] + radii[:, None] * np.sin(phi)[None], centre[1] + radii[:, None] * np.cos(phi)[None]])
+    samples = ndimage.map_coordinates(x, points, order=1, cval=np.nan)
+    samples[(points[0] < 0) | (points[0] > height - 1) | (points[1] < 0) | (points[1] > width - 1)] = np.nan
+    return samples
+
+
+def _circle_score(samples: np.ndarray, threshold: float) -> int:
+    """At the radius where it is largest, how many more angles step up (brighter beyond) than do not: a circle about
+    the right centre steps at one radius all round, one about a centre a few px off only along part of it, so this
+    finds the centre before :func:`_accept` judges the edge. (The count of angles that step up alone favoured long
+    circles through anatomy, half of whose angles step up by chance, over the short corner arcs of a field that the
+    image cuts on every side.)"""
+    bands = _bands(samples)
+    if bands is None:
+        return 0
+    _, beyond, inside, valid = bands
+    brighter = valid & (beyond - inside > threshold)
+    return int((2 * brighter.sum(1) - valid.sum(1)).max())
+
+
 def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
-    """True outside an image intensifier's round field, when one is found (else None)."""
+    """True outside an image intensifier's round field, when one is found (else None). Its centre is searched coarse
+    to fine (:data:`CIRCLE_CENTRES`, then twice at a third of the spacing about the best) on
+    :func:`_circle_score` (every second angle); the edge is then judged (:func:`_accept`, every angle) about the
+    centres of the last, finest grid."""
     height, width = x.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     phi = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     radii = np.arange(0.8 * max(height, width), 0.3 * min(height, width), -1.0)  # from the outside in
-    best = None
+    # an arc of at least MIN_ARC of the smaller side (at the largest radius, where it holds the fewest positions: an
+    # intensifier's field cut by blades shows only short arcs in the corners)
+    min_valid = int(np.ceil(MIN_ARC * min(height, width) / (2 * np.pi * radii.max()) * len(phi)))
+    spacing = np.diff(CIRCLE_CENTRES[:2])[0] * np.array([height, width])
     centres = [((height - 1) / 2.0 + dy, (width - 1) / 2.0 + dx)
                for dy in CIRCLE_CENTRES * height for dx in CIRCLE_CENTRES * width]
-    spacing = np.diff(CIRCLE_CENTRES[:2])[0] * np.array([height, width])
-    for _ in range(3):  # the grid, then twice around the best centre at a third of the spacing
-        for cy, cx in centres:
-            points = np.stack([cy + radii[:, None] * np.sin(phi)[None], cx + radii[:, None] * np.cos(phi)[None]])
-            samples = ndimage.map_coordinates(x, points, order=1, cval=np.nan)
-            outside = (points[0] < 0) | (points[0] > height - 1) | (points[1] < 0) | (points[1] > width - 1)
-            samples[outside] = np.nan
-            # an arc of at least MIN_ARC of the smaller side (at the largest radius, where it holds the fewest
-            # positions: an intensifier's field cut by blades shows only short arcs in the corners)
-            min_valid = int(np.ceil(MIN_ARC * min(height, width) / (2 * np.pi * radii.max()) * len(phi)))
-            found = _accept(samples, threshold, min_valid, lines=False)
-            if found is not None and (best is None or found[0] > best[0]):
-                best = (found[0], cy, cx, radii[found[1]] - found[2])
-        if best is None:
-            return None
-        spacing = spacing / 3
-        centres = [(best[1] + i * spacing[0], best[2] + j * spacing[1]) for i in (-1, 0, 1) for j in (-1, 0, 1)
-                   if i or j]
-    _, cy, cx, radius = best
+    for refinement in range(3):
+        scored = [(_circle_score(_circle_samples(x, centre, radii, phi[::2]), threshold), centre) for centre in centres]
+        best_centre = max(scored, key=lambda item: item[0])[1]
+        if refinement < 2:
+            spacing = spacing / 3
+            centres = [(best_centre[0] + i * spacing[0], best_centre[1] + j * spacing[1])
+                       for i in (-1, 0, 1) for j in (-1, 0, 1)]
+    best = None
+    for centre in centres:
+        found = _accept(_circle_samples(x, centre, radii, phi), threshold, min_valid, lines=False)
+        if found is not None and (best is None or found[0] > best[0]):
+            best = (found[0], centre, radii[found[1]] - found[2])
+    if best is None:
+        return None
+    _, (cy, cx), radius = best
     return np.hypot(rows - cy, cols - cx) > radius
 
 
@@ -227,7 +271,15 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
     scale = max(height, width) / WORK_PX
     x = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 * scale), 1 / scale, order=1) if scale > 1 else image.copy()
     known = _nearest(blanked, x.shape) if blanked is not None and blanked.any() else np.zeros(x.shape, bool)
-    new = lambda region: not known.any() or np.mean(known[region]) < 0.8  # noqa: E731
+
+    def new(region):
+        """Whether an edge's region is not the blanked one: judged beyond the inward margin it carries, which along
+        a short arc (a circle the image cuts to its corners) is a large share of it."""
+        if not known.any():
+            return True
+        core = ndimage.binary_erosion(region, iterations=int(np.ceil(MAX_MARGIN_PX)), border_value=1)
+        return bool(core.any()) and np.mean(known[core]) < 0.8
+
     low, high = np.percentile(x, [1, 99])
     x = (x - low) / max(high - low, 1e-12)
     threshold = 2.0 * _noise(x) * np.sqrt(2.0 / BAND_PX)  # twice the noise of a difference of two band means
