@@ -22,7 +22,9 @@ units of lead (0.25-5% of the quanta), with a 1.5 mm penumbra, as where a C-arm 
 mTRE: mean 3D error over 4096 body points (> -300 HU). Methods: the agent alone (checked inference, as shipped: every
 step must improve the match), its greedy choices without that check, agent + refinement, the
 refinement alone from the initial pose (what the agent adds), the baselines. Per method: success (< 10, < 2,
-< 1 mm), median mTRE, median seconds per case (frame arrival to pose; CT preparation excluded and printed apart)
+< 1 mm), median mTRE, median seconds per case (frame arrival to pose: reading the frame's pixels into a frame with
+its field mask, then registering; CT preparation excluded and printed apart; records before 2026-12-08 left the
+frame's reading out, 50-90 ms then, 80-160 ms with the intensifier search of that day)
 and peak memory (each method in its own process).
 ``--ct`` runs the same evaluation (generic agent; fine-tuned on that CT too unless ``--finetune-minutes 0``;
 baselines with ``--ct-baseline-cases``) on any other CT: a NIfTI / NRRD / MetaImage file or a DICOM series folder,
@@ -159,10 +161,13 @@ def _work(method, ct_name, cases, agent_path, queue):
     rows = []
     for case in cases:
         carm = CArmGeometry(**case["carm"])
-        frame = frame_from_array(case["image"], carm)
+        t_frame = time.perf_counter()
+        frame = frame_from_array(case["image"], carm)  # its field mask: the collimation search costs 50-160 ms
+        frame_seconds = time.perf_counter() - t_frame
         truth_m = Pose.from_array(case["truth"]).matrix(registrar.centre_ras)
         init = Pose.from_array(case["init"])
-        row = {"init_mtre": mtre_of(init.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras)}
+        row = {"init_mtre": mtre_of(init.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras),
+               "frame_seconds": frame_seconds}
         if method in ("agent", "refine-only", "agent-greedy"):
             # refine-only: no agent step (budget 0), the product's refinement from the initial pose;
             # agent-greedy: the Q-network's own choices without the match check, not refined
@@ -180,7 +185,8 @@ def _work(method, ct_name, cases, agent_path, queue):
                 continue
             row.update(agent_mtre=mtre_of(result.agent_matrix, truth_m, registrar.body_points_ras),
                        mtre=mtre_of(result.matrix, truth_m, registrar.body_points_ras),
-                       agent_seconds=result.timings["frame"] + result.timings["agent"], seconds=result.seconds,
+                       agent_seconds=frame_seconds + result.timings["frame"] + result.timings["agent"],
+                       seconds=frame_seconds + result.seconds,
                        steps=result.steps, renders=result.timings["agent_renders"],
                        refine_renders=result.timings["refine_renders"], confidence=result.confidence,
                        **result.features)
@@ -191,7 +197,7 @@ def _work(method, ct_name, cases, agent_path, queue):
             name, _, budget = method.partition("@")  # "gradient@3": three times the default budget (bare: 1x)
             pose = run_baseline(name, float(budget or 1), levels, start_pose, registrar.centre_ras)
             row.update(mtre=mtre_of(pose.matrix(registrar.centre_ras), truth_m, registrar.body_points_ras),
-                       seconds=time.perf_counter() - t0)
+                       seconds=frame_seconds + time.perf_counter() - t0)
         rows.append(row)
     queue.put({"rows": rows, "prepare_seconds": prepare_seconds,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -323,7 +329,8 @@ def evaluate(ct_name, cases, agent_path, baselines_n, label, budgets=(1.0,)) -> 
                                                       "seconds")} for r in rows],
         prepare_seconds=out["prepare_seconds"], median_steps=float(np.median([r["steps"] for r in rows])),
         median_renders=float(np.median([r.get("renders", 0) for r in rows])),
-        median_refine_renders=float(np.median([r.get("refine_renders", 0) for r in rows])))
+        median_refine_renders=float(np.median([r.get("refine_renders", 0) for r in rows])),
+        median_frame_seconds=float(np.median([r["frame_seconds"] for r in rows])))
     if baselines_n:
         subset = cases[:baselines_n]
         agent_subset = summarise(rows[:baselines_n])
@@ -448,7 +455,8 @@ def main(argv=None) -> int:
                   f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered by the agent "
                   f"{r.get('median_renders', float('nan')):.0f} and by the refinement "
-                  f"{r.get('median_refine_renders', float('nan')):.0f}")
+                  f"{r.get('median_refine_renders', float('nan')):.0f}; reading the frame (its field mask; in the seconds) "
+                  f"median {1000 * r.get('median_frame_seconds', float('nan')):.0f} ms")
             ceiling = r.get("confidence_auc_ceiling")
             if ceiling:
                 print(f"{name}: confidence ROC AUC ceiling if each error were as random as its predicted uncertainty "
