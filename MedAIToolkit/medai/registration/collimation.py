@@ -27,7 +27,9 @@ half of them C-arm processed, seed 19191, each once open and once under 3-6 log 
 in 40%, an intensifier's circle): the best candidate edge of an open frame stepped 0.02-0.20 (5th-95th percentile),
 a true edge 0.10-0.78 (median 0.43). With every rule of this module, open frames lose a strip of at most 10% of the
 image in 20% of the chest's and 3% of the abdomen's (mean 1.8% / 0.2%); collimated ones have their field found with
-IoU >= 0.9 in 80% / 90% (median 0.95): a missed blade costs far more than a border strip."""
+IoU >= 0.9 in 80% / 90% (median 0.95): a missed blade costs far more than a border strip. (Those frames were drawn
+for this module; on frames drawn like the benchmark's, most intensifier circles were missed until the centre search of
+:func:`_circle_edge`: training/README.md.)"""
 MIN_BEYOND_BRIGHTER = 0.7
 """Share of the region beyond a candidate edge (out to the border) that must be brighter than the band just inside
 the edge at the same position."""
