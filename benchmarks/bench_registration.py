@@ -455,8 +455,8 @@ def main(argv=None) -> int:
                   f"{auc['similarity_auc']}; within 10 mm vs not {auc['confidence_auc_10mm']}); CT preparation "
                   f"{r['prepare_seconds']:.1f} s; median agent steps {r['median_steps']:.0f}, DRRs rendered by the agent "
                   f"{r.get('median_renders', float('nan')):.0f} and by the refinement "
-                  f"{r.get('median_refine_renders', float('nan')):.0f}; reading the frame (its field mask; in the seconds) "
-                  f"median {1000 * r.get('median_frame_seconds', float('nan')):.0f} ms")
+                  f"{r.get('median_refine_renders', float('nan')):.0f}; reading the frame (its field mask; in the "
+                  f"seconds) median {1000 * r.get('median_frame_seconds', float('nan')):.0f} ms")
             ceiling = r.get("confidence_auc_ceiling")
             if ceiling:
                 print(f"{name}: confidence ROC AUC ceiling if each error were as random as its predicted uncertainty "

@@ -232,9 +232,9 @@ def _circle_score(samples: np.ndarray, threshold: float) -> int:
 
 def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
     """True outside an image intensifier's round field, when one is found (else None). Its centre is searched coarse
-    to fine (:data:`CIRCLE_CENTRES`, then twice at a third of the spacing about the best) on
-    :func:`_circle_score` (every second angle); the edge is then judged (:func:`_accept`, every angle) about the
-    centres of the last, finest grid."""
+    to fine on :func:`_circle_score` (every second angle): :data:`CIRCLE_CENTRES`, then a 3 x 3 grid at a third of
+    the spacing about the best; the edge is then judged (:func:`_accept`, every angle) about each centre of a last
+    3 x 3 grid, at a ninth, about the best of those."""
     height, width = x.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     phi = np.linspace(0, 2 * np.pi, 360, endpoint=False)
@@ -245,13 +245,12 @@ def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
     spacing = np.diff(CIRCLE_CENTRES[:2])[0] * np.array([height, width])
     centres = [((height - 1) / 2.0 + dy, (width - 1) / 2.0 + dx)
                for dy in CIRCLE_CENTRES * height for dx in CIRCLE_CENTRES * width]
-    for refinement in range(3):
-        scored = [(_circle_score(_circle_samples(x, centre, radii, phi[::2]), threshold), centre) for centre in centres]
-        best_centre = max(scored, key=lambda item: item[0])[1]
-        if refinement < 2:
-            spacing = spacing / 3
-            centres = [(best_centre[0] + i * spacing[0], best_centre[1] + j * spacing[1])
-                       for i in (-1, 0, 1) for j in (-1, 0, 1)]
+    for _ in range(2):  # the grid, then about its best centre at a third of the spacing
+        best_centre = max(centres, key=lambda centre: _circle_score(_circle_samples(x, centre, radii, phi[::2]),
+                                                                    threshold))
+        spacing = spacing / 3
+        centres = [(best_centre[0] + i * spacing[0], best_centre[1] + j * spacing[1])
+                   for i in (-1, 0, 1) for j in (-1, 0, 1)]
     best = None
     for centre in centres:
         found = _accept(_circle_samples(x, centre, radii, phi), threshold, min_valid, lines=False)
