@@ -140,9 +140,10 @@ class Environment:
         last look is kept: the same pose looked at again (the pipeline's polarity check at the initial pose, then the
         agent's first state) is not rendered twice."""
         matrix = pose.matrix(self.centre_ras)
-        if self._last_look is None or self._last_look[0] != matrix.tobytes():
+        key = matrix.tobytes()
+        if self._last_look is None or self._last_look[0] != key:
             views = render_views(self.ct, self.fixed, matrix)
-            self._last_look = (matrix.tobytes(), views, self.match(*views))
+            self._last_look = (key, views, self.match(*views))
         return self._last_look[1], self._last_look[2]
 
     def state_of(self, views: tuple, pose: RigidPose) -> State:
