@@ -236,7 +236,6 @@ def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
     the spacing about the best; the edge is then judged (:func:`_accept`, every angle) about each centre of a last
     3 x 3 grid, at a ninth, about the best of those."""
     height, width = x.shape
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     phi = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     radii = np.arange(0.8 * max(height, width), 0.3 * min(height, width), -1.0)  # from the outside in
     # an arc of at least MIN_ARC of the smaller side (at the largest radius, where it holds the fewest positions: an
@@ -259,6 +258,7 @@ def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
     if best is None:
         return None
     _, (cy, cx), radius = best
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     return np.hypot(rows - cy, cols - cx) > radius
 
 
