@@ -469,8 +469,11 @@ def main(argv=None) -> int:
                       + ", ".join(f"{b['from']:g}-{b['to']:g}: {b['cases']} cases"
                                   + (f" (mean {b['mean_confidence']:.2f}, within 2 mm {b['within_2mm']:.2f})"
                                      if b["cases"] else "") for b in calibration["bins"]))
-    for label in dict.fromkeys(k.rsplit(": ", 1)[0] for k in all_results):
-        section = {k.rsplit(": ", 1)[1]: v for k, v in all_results.items() if k.rsplit(": ", 1)[0] == label}
+    sections = {}  # "<CT label>" -> {method: result}
+    for key, result in all_results.items():
+        label, method = key.rsplit(": ", 1)
+        sections.setdefault(label, {})[method] = result
+    for label, section in sections.items():
         if "agent + refinement (baseline subset)" in section:
             if not label.startswith("chest CT"):  # the chest CT's, the record's, keep their old lines
                 print(f"{label}:")
