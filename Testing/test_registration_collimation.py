@@ -65,6 +65,21 @@ def test_off_centre_intensifier_is_found(line_integrals, radius):
     assert not found[ndimage.binary_erosion(field, iterations=10)].any()  # nothing more than the edge's margin
 
 
+@pytest.mark.parametrize("radius, cut", [(0.5, 0.15), (0.45, 0.2)])
+def test_intensifier_cut_by_a_blade_is_found(line_integrals, radius, cut):
+    """An intensifier's circle cut by a blade from the right: the blade's edge runs only between the circle's arcs,
+    and along the arc beyond the blade the circle does not step up, so neither was found while the other stood in
+    the way (0% of the region beyond on the previous code, for both)."""
+    shape = line_integrals.shape
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    field = (np.hypot(rows - shape[0] / 2, cols - shape[1] / 2) < radius * shape[0]) & (cols < (1 - cut) * shape[1])
+    lead = ndimage.gaussian_filter((~field).astype(float), 1.5) * 4.0
+    image, _ = fluoroscopy_like(line_integrals + lead, np.random.default_rng(5), collimate=False)
+    found = collimated_mask(image)
+    assert found[~field].mean() > 0.95
+    assert not found[ndimage.binary_erosion(field, iterations=10)].any()
+
+
 def test_open_frame_keeps_its_field(line_integrals):
     for seed in range(3):
         image, _ = fluoroscopy_like(line_integrals, np.random.default_rng(seed), collimate=False)

@@ -46,7 +46,8 @@ LONG_ARC = 0.5
 """An intensifier's edge that steps up along at least this share of its circle needs only MIN_STEP: the
 intensifier's step can be small where the field inside is bright (0.15-0.25 on development frames whose circle, 70-75%
 of it in the image, went unfound), and anatomy does not step up along half a circle (80 open chest and abdominal
-development frames, `runs/fp_coll.py`, seeds 54545 / 54546: no circle found on any, with or without this rule)."""
+development frames, `runs/fp_coll.py`, seeds 54545 / 54546: no circle found on any, with or without this rule). Where
+shadowed arcs are set aside (:func:`collimated_mask`), they count toward that length."""
 MAX_DEPTH = 0.4
 """Shutters are searched up to this share of the image's extent from each side."""
 ANGLES_DEG = np.arange(-15.0, 15.1, 2.5)
@@ -99,11 +100,13 @@ def _bands(samples: np.ndarray):
     return d, beyond, inside, valid
 
 
-def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True):
+def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True, shadows: bool = False):
     """On a (D, S) grid sampled along candidate edges (see :func:`_bands`), the depth whose band beyond is brighter
     than the band inside by more than ``threshold`` at >= ``min_valid`` positions and at >= MIN_CONSISTENCY of its
     valid positions (those in another edge's shadow aside), with the largest median step there: (step, depth, the
-    positions where it is brighter) or None."""
+    positions where it is brighter, how many shadowed positions were set aside) or None. ``lines``: a straight edge,
+    whose shadow counts only at either end; else a circle, whose shadows count only with ``shadows`` (see
+    :func:`collimated_mask`)."""
     bands = _bands(samples)
     if bands is None:
         return None
@@ -121,7 +124,8 @@ def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: boo
         step = float(np.median(diff[k][brighter[k]]))
         level = np.median(beyond[k][brighter[k]])
         shadowed = valid[k] & ~brighter[k] & (np.minimum(inside[k], beyond[k]) > level - 0.5 * step)
-        consistency = n_brighter[k] / max(int(valid[k].sum() - (_end_runs(shadowed, valid[k]) if lines else 0)), 1)
+        exempt = _end_runs(shadowed, valid[k]) if lines else int(shadowed.sum()) if shadows else 0
+        consistency = n_brighter[k] / max(int(valid[k].sum() - exempt), 1)
         if consistency < MIN_CONSISTENCY or (best is not None and step <= best[0]):
             continue
         # all the way out to the border, what lies beyond a blade is brighter than the field just inside its edge
@@ -130,7 +134,7 @@ def _best_edge(samples: np.ndarray, threshold: float, min_valid: int, lines: boo
         finite = np.isfinite(region)
         if finite.any() and np.mean((region > inside[k][brighter[k]][None, :])[finite]) < MIN_BEYOND_BRIGHTER:
             continue
-        best = (step, int(d[k]), brighter[k])
+        best = (step, int(d[k]), brighter[k], exempt)
     return best
 
 
@@ -164,13 +168,14 @@ def _settled(samples: np.ndarray, depth: int, positions: np.ndarray, step: float
     return float(np.clip(inside[0] if len(inside) else len(profile), MARGIN_PX, MAX_MARGIN_PX))
 
 
-def _accept(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True):
+def _accept(samples: np.ndarray, threshold: float, min_valid: int, lines: bool = True, shadows: bool = False):
     """(step, depth, margin) of the edge found on ``samples`` (see :func:`_best_edge`), or None."""
-    found = _best_edge(samples, threshold, min_valid, lines)
+    found = _best_edge(samples, threshold, min_valid, lines, shadows)
     if found is None:
         return None
-    step, depth, positions = found
-    min_step = MIN_STEP if lines or positions.sum() >= LONG_ARC * samples.shape[1] else MIN_CIRCLE_STEP
+    step, depth, positions, shadowed = found
+    long_arc = positions.sum() + shadowed >= LONG_ARC * samples.shape[1]  # a shadowed arc counts: the edge runs on
+    min_step = MIN_STEP if lines or long_arc else MIN_CIRCLE_STEP
     if step < min_step or _spread(samples, depth, positions) > MAX_SPREAD_PX:
         return None
     return step, depth, _settled(samples, depth, positions, step)
@@ -230,11 +235,11 @@ def _circle_score(samples: np.ndarray, threshold: float) -> int:
     return int((2 * brighter.sum(1) - valid.sum(1)).max())
 
 
-def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
-    """True outside an image intensifier's round field, when one is found (else None). Its centre is searched coarse
-    to fine on :func:`_circle_score` (every second angle): :data:`CIRCLE_CENTRES`, then a 3 x 3 grid at a third of
-    the spacing about the best; the edge is then judged (:func:`_accept`, every angle) about each centre of a last
-    3 x 3 grid, at a ninth, about the best of those."""
+def _circle_edge(x: np.ndarray, threshold: float, shadows: bool = False) -> np.ndarray | None:
+    """True outside an image intensifier's round field, when one is found (else None); ``shadows`` as in
+    :func:`_best_edge`. Its centre is searched coarse to fine on :func:`_circle_score` (every second angle):
+    :data:`CIRCLE_CENTRES`, then a 3 x 3 grid at a third of the spacing about the best; the edge is then judged
+    (:func:`_accept`, every angle) about each centre of a last 3 x 3 grid, at a ninth, about the best of those."""
     height, width = x.shape
     phi = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     radii = np.arange(0.8 * max(height, width), 0.3 * min(height, width), -1.0)  # from the outside in
@@ -252,7 +257,7 @@ def _circle_edge(x: np.ndarray, threshold: float) -> np.ndarray | None:
                    for i in (-1, 0, 1) for j in (-1, 0, 1)]
     best = None
     for centre in centres:
-        found = _accept(_circle_samples(x, centre, radii, phi), threshold, min_valid, lines=False)
+        found = _accept(_circle_samples(x, centre, radii, phi), threshold, min_valid, lines=False, shadows=shadows)
         if found is not None and (best is None or found[0] > best[0]):
             best = (found[0], centre, radii[found[1]] - found[2])
     if best is None:
@@ -266,7 +271,15 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
     """True where ``image`` ("bright = attenuating") lies beyond a collimator blade or outside an image-intensifier
     circle that was not blanked (see the module docstring); the shape of ``image``. ``blanked``: True where blanked
     collimation was found (by its flat value, which outlines it exactly): an edge found here whose region lies mostly
-    in it is that one, and adds nothing."""
+    in it is that one, and adds nothing.
+
+    Edges are found one after another, each left out of the search for the next. A blade that cuts the intensifier's
+    circle and the circle can keep each other from being found: the blade's edge runs only between the circle's arcs
+    (shorter than MIN_LENGTH where the blade cuts a small circle), and along the arc beyond the blade the circle does
+    not step up. So when nothing more is found while the circle is still missing, the circle is searched once more
+    with the arcs that lie in another edge's shadow (both bands as bright as the region beyond where it steps up) left
+    out of its consistency, which breaks that deadlock. Only then: searched alongside the blades, the relaxed rule let
+    circles settle where a blade's shadow was, and registration through lead lost more frames than it gained."""
     image = np.asarray(image, dtype=np.float64)
     height, width = image.shape
     scale = max(height, width) / WORK_PX
@@ -292,6 +305,8 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
         searched = np.where(beyond, np.nan, x)
         found = _straight_edges(searched, threshold, sides)
         ring = _circle_edge(searched, threshold) if circle else None
+        if not found and ring is None and circle:
+            ring = _circle_edge(searched, threshold, shadows=True)
         if not found and ring is None:
             break
         for side, region in found.items():
