@@ -236,10 +236,11 @@ def _circle_score(samples: np.ndarray, threshold: float) -> int:
 
 
 def _circle_edge(x: np.ndarray, threshold: float, shadows: bool = False) -> np.ndarray | None:
-    """True outside an image intensifier's round field, when one is found (else None); ``shadows`` as in
-    :func:`_best_edge`. Its centre is searched coarse to fine on :func:`_circle_score` (every second angle):
-    :data:`CIRCLE_CENTRES`, then a 3 x 3 grid at a third of the spacing about the best; the edge is then judged
-    (:func:`_accept`, every angle) about each centre of a last 3 x 3 grid, at a ninth, about the best of those."""
+    """True outside an image intensifier's round field, when one is found (else None). Its centre is searched coarse
+    to fine on :func:`_circle_score` (every second angle): :data:`CIRCLE_CENTRES`, then a 3 x 3 grid at a third of
+    the spacing about the best; the edge is then judged (:func:`_accept`, every angle) about each centre of a last
+    3 x 3 grid, at a ninth, about the best of those; if none passes and ``shadows``, judged there once more with
+    shadowed arcs set aside (:func:`_best_edge`, :func:`collimated_mask`)."""
     height, width = x.shape
     phi = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     radii = np.arange(0.8 * max(height, width), 0.3 * min(height, width), -1.0)  # from the outside in
@@ -256,10 +257,14 @@ def _circle_edge(x: np.ndarray, threshold: float, shadows: bool = False) -> np.n
         centres = [(best_centre[0] + i * spacing[0], best_centre[1] + j * spacing[1])
                    for i in (-1, 0, 1) for j in (-1, 0, 1)]
     best = None
-    for centre in centres:
-        found = _accept(_circle_samples(x, centre, radii, phi), threshold, min_valid, lines=False, shadows=shadows)
-        if found is not None and (best is None or found[0] > best[0]):
-            best = (found[0], centre, radii[found[1]] - found[2])
+    samples = [_circle_samples(x, centre, radii, phi) for centre in centres]
+    for set_aside in (False, True) if shadows else (False,):
+        for centre, on_circles in zip(centres, samples):
+            found = _accept(on_circles, threshold, min_valid, lines=False, shadows=set_aside)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (found[0], centre, radii[found[1]] - found[2])
+        if best is not None:
+            break
     if best is None:
         return None
     _, (cy, cx), radius = best
@@ -276,10 +281,11 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
     Edges are found one after another, each left out of the search for the next. A blade that cuts the intensifier's
     circle and the circle can keep each other from being found: the blade's edge runs only between the circle's arcs
     (shorter than MIN_LENGTH where the blade cuts a small circle), and along the arc beyond the blade the circle does
-    not step up. So when nothing more is found while the circle is still missing, the circle is searched once more
-    with the arcs that lie in another edge's shadow (both bands as bright as the region beyond where it steps up) left
-    out of its consistency, which breaks that deadlock. Only then: searched alongside the blades, the relaxed rule let
-    circles settle where a blade's shadow was, and registration through lead lost more frames than it gained."""
+    not step up. So when a round finds no blade and no circle, the circle is judged once more with the arcs that lie
+    in another edge's shadow (both bands as bright as the region beyond where it steps up) left out of its
+    consistency, which breaks that deadlock. Only then: with shadows set aside in every round, alongside the blades,
+    circles settled in a blade's shadow, and registration through lead lost more frames than it gained
+    (training/README.md)."""
     image = np.asarray(image, dtype=np.float64)
     height, width = image.shape
     scale = max(height, width) / WORK_PX
@@ -304,9 +310,7 @@ def collimated_mask(image: np.ndarray, blanked: np.ndarray | None = None) -> np.
     while sides or circle:
         searched = np.where(beyond, np.nan, x)
         found = _straight_edges(searched, threshold, sides)
-        ring = _circle_edge(searched, threshold) if circle else None
-        if not found and ring is None and circle:
-            ring = _circle_edge(searched, threshold, shadows=True)
+        ring = _circle_edge(searched, threshold, shadows=not found) if circle else None
         if not found and ring is None:
             break
         for side, region in found.items():
