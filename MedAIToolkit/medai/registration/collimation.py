@@ -200,10 +200,7 @@ def _straight_edges(x: np.ndarray, threshold: float, sides) -> dict:
             along = np.arange(-half, half + 1.0)
             points = (centre[:, None, None] + normal[:, None, None] * (start + depths)[None, :, None]
                       + tangent[:, None, None] * along[None, None, :])
-            samples = ndimage.map_coordinates(x, points, order=1, cval=np.nan)
-            outside = (points[0] < 0) | (points[0] > height - 1) | (points[1] < 0) | (points[1] > width - 1)
-            samples[outside] = np.nan
-            found = _accept(samples, threshold, int(MIN_LENGTH * min(height, width)))
+            found = _accept(_sample(x, points), threshold, int(MIN_LENGTH * min(height, width)))
             if found is not None and (best is None or found[0] > best[0]):
                 best = (found[0], normal, start + depths[found[1]] + found[2])
         if best is not None:
@@ -212,13 +209,17 @@ def _straight_edges(x: np.ndarray, threshold: float, sides) -> dict:
     return found_sides
 
 
+def _sample(x: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``x`` at ``points`` (2, ...: row, col), linearly interpolated; NaN outside the image."""
+    samples = ndimage.map_coordinates(x, points, order=1, cval=np.nan)
+    samples[(points[0] < 0) | (points[0] > x.shape[0] - 1) | (points[1] < 0) | (points[1] > x.shape[1] - 1)] = np.nan
+    return samples
+
+
 def _circle_samples(x: np.ndarray, centre, radii: np.ndarray, phi: np.ndarray) -> np.ndarray:
     """(len(radii), len(phi)) samples of ``x`` on circles about ``centre`` (NaN outside the image)."""
-    height, width = x.shape
-    points = np.stack([centre[0] + radii[:, None] * np.sin(phi)[None], centre[1] + radii[:, None] * np.cos(phi)[None]])
-    samples = ndimage.map_coordinates(x, points, order=1, cval=np.nan)
-    samples[(points[0] < 0) | (points[0] > height - 1) | (points[1] < 0) | (points[1] > width - 1)] = np.nan
-    return samples
+    return _sample(x, np.stack([centre[0] + radii[:, None] * np.sin(phi)[None],
+                                centre[1] + radii[:, None] * np.cos(phi)[None]]))
 
 
 def _circle_score(samples: np.ndarray, threshold: float) -> int:
