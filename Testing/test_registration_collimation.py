@@ -33,9 +33,10 @@ def shutter_field(shape) -> np.ndarray:
     return (cols > 0.18 * shape[1]) & top & circle
 
 
-def lead_frame(line_integrals, lead_log: float = 4.0, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(frame, true field): lead added in the log domain (soft edge) before the quantum noise, blur and display curve."""
-    field = shutter_field(line_integrals.shape)
+def lead_frame(line_integrals, field=None, lead_log: float = 4.0, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(frame, true field; :func:`shutter_field` by default): lead added in the log domain (soft edge) before the
+    quantum noise, blur and display curve."""
+    field = shutter_field(line_integrals.shape) if field is None else field
     lead = ndimage.gaussian_filter((~field).astype(float), 1.5) * lead_log
     image, _ = fluoroscopy_like(line_integrals + lead, np.random.default_rng(seed), collimate=False)
     return image, field
@@ -58,8 +59,7 @@ def test_off_centre_intensifier_is_found(line_integrals, radius):
     shape = line_integrals.shape
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     field = np.hypot(rows - 0.535 * shape[0], cols - 0.47 * shape[1]) < radius * shape[0]
-    lead = ndimage.gaussian_filter((~field).astype(float), 1.5) * 4.0
-    image, _ = fluoroscopy_like(line_integrals + lead, np.random.default_rng(5), collimate=False)
+    image, _ = lead_frame(line_integrals, field, seed=5)
     found = collimated_mask(image)
     assert found[~field].mean() > 0.95  # the region beyond the circle
     assert not found[ndimage.binary_erosion(field, iterations=10)].any()  # nothing more than the edge's margin
@@ -73,8 +73,7 @@ def test_intensifier_cut_by_a_blade_is_found(line_integrals, radius, cut):
     shape = line_integrals.shape
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     field = (np.hypot(rows - shape[0] / 2, cols - shape[1] / 2) < radius * shape[0]) & (cols < (1 - cut) * shape[1])
-    lead = ndimage.gaussian_filter((~field).astype(float), 1.5) * 4.0
-    image, _ = fluoroscopy_like(line_integrals + lead, np.random.default_rng(5), collimate=False)
+    image, _ = lead_frame(line_integrals, field, seed=5)
     found = collimated_mask(image)
     assert found[~field].mean() > 0.95
     assert not found[ndimage.binary_erosion(field, iterations=10)].any()
